@@ -1,0 +1,1 @@
+"""webhook-router: the service around the entitlement domain (HTTP, ingest, dispatch, delivery)."""

@@ -1,0 +1,1 @@
+"""Subcommands of the `webhook-router` console script, one module per group."""

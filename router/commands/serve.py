@@ -1,0 +1,129 @@
+"""`webhook-router serve` and `webhook-router worker`: the two ways to run the router."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from router.app import create_app
+from router.connections import open_redis
+from router.logs import configure_logging
+from router.settings import Settings, load_settings
+from router.verification import build_verifier
+from subscriptions.catalog import load_catalog
+
+log = logging.getLogger("router")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="run ingest, the operator API, dispatch and delivery in one process",
+        description="Serve POST /webhooks, the operator API under /v1, /healthz, /readyz, "
+        "/metrics and /openapi.json, and run the dispatcher and delivery workers. With no "
+        "REDIS_URL it runs on an embedded in-memory store that keeps nothing across restarts. "
+        "Configuration comes from the environment (see the README's settings table).",
+    )
+    serve.add_argument("--host", help="address to listen on (default: ROUTER_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: ROUTER_PORT, 8080)")
+    serve.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="serve HTTP only; run `webhook-router worker` processes to deliver",
+    )
+    serve.set_defaults(func=serve_command)
+
+    worker = subparsers.add_parser(
+        "worker",
+        help="run the dispatcher and delivery workers alone (no HTTP)",
+        description="Fan out accepted events and deliver them, sharing the work with every "
+        "other serve/worker process on the same Redis. Needs REDIS_URL. SIGTERM drains: no new "
+        "work is taken and attempts in flight finish (or are handed back) before exit.",
+    )
+    worker.set_defaults(func=worker_command)
+
+
+def _prepare(overrides: dict[str, Any]) -> Settings:
+    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    configure_logging(settings)
+    load_catalog(settings.catalog_path, settings.catalog_overlay)  # fail before listening
+    build_verifier(settings)
+    return settings
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    settings = _prepare({"host": args.host, "port": args.port})
+    if settings.admin_token is None:
+        token = "wra_" + secrets.token_urlsafe(32)
+        settings = settings.model_copy(update={"admin_token": token})
+        # Printed, never logged: this is the only time anyone can see it.
+        print(f"ROUTER_ADMIN_TOKEN was not set; generated admin token: {token}", flush=True)
+    if settings.embedded:
+        log.warning(
+            "REDIS_URL is not set: running on the embedded in-memory store; "
+            "nothing will survive a restart"
+        )
+    if settings.verify == "off":
+        log.warning("ROUTER_VERIFY=off: ingest is unauthenticated; anyone can post events")
+    _use_uvloop()
+    app = create_app(settings, run_workers=not args.no_workers)
+    log.info("listening on http://%s:%d", settings.host, settings.port)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=settings.delivery_timeout + 5,
+    )
+    return 0
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    from router.ledger import Ledger
+    from router.metrics import Metrics
+    from router.workers import WorkerGroup, run_forever
+    from subscriptions.keys import Keys
+    from subscriptions.store import SubscriberStore
+
+    settings = _prepare({})
+    if settings.embedded:
+        print("error: REDIS_URL: required by `worker` (the embedded store is per process)",
+              file=sys.stderr)
+        return 2
+    _use_uvloop()
+
+    async def main() -> None:
+        redis = open_redis(settings)
+        keys = Keys(settings.key_prefix)
+        catalog = load_catalog(settings.catalog_path, settings.catalog_overlay)
+        group = WorkerGroup(
+            settings=settings,
+            catalog=catalog,
+            store=SubscriberStore(redis, keys, catalog),
+            ledger=Ledger(redis, keys, retention=settings.retention,
+                          dedupe_window=settings.dedupe_window, max_backlog=settings.max_backlog),
+            metrics=Metrics(),
+        )
+        try:
+            await run_forever(group)
+        finally:
+            await redis.aclose()
+
+    log.info("worker started")
+    asyncio.run(main())
+    return 0

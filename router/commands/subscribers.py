@@ -1,0 +1,323 @@
+"""`webhook-router subscribers …`: register subscribers and change their grants over the API.
+
+Also home of the small operator-API client the HTTP-backed command groups share
+(`router.commands.api_keys` uses it): connection options, one request per command, error
+envelopes turned into `error: <message>` lines, and aligned tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+REQUEST_TIMEOUT = 30.0
+
+Renderer = Callable[[Any], str]
+
+
+# --- the operator-API client shared by HTTP-backed command groups ---
+
+
+class ApiFailure(Exception):
+    """A request that did not succeed; `lines` are what the command prints on stderr."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def connection_options(*, url_flag: bool = True) -> argparse.ArgumentParser:
+    """A parent parser with --api-url (and its short form --url), --token and --json.
+
+    `url_flag=False` leaves out `--url` for a subcommand that uses it for something else
+    (`subscribers add --url` is the subscriber's endpoint); `--api-url` always works.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        *(("--url", "--api-url") if url_flag else ("--api-url",)),
+        dest="api_url",
+        metavar="URL",
+        help=f"base URL of the service (default: $ROUTER_URL, else {DEFAULT_URL})",
+    )
+    parent.add_argument(
+        "--token",
+        help="operator bearer token (default: $ROUTER_TOKEN; prefer the variable, a flag "
+        "is visible to other local users)",
+    )
+    parent.add_argument("--json", action="store_true", help="print the raw JSON response")
+    return parent
+
+
+def path_segment(value: str) -> str:
+    """`value` quoted as one URL path segment, so an id cannot reach another route."""
+    return quote(value, safe="")
+
+
+def error_lines(status: int, body: bytes) -> list[str]:
+    """The `error: …` lines for a failed response: one per envelope item."""
+    try:
+        items = json.loads(body)["errors"]
+        lines = []
+        for item in items:
+            line = f"error: {item['message']}"
+            required = item.get("extensions", {}).get("requiredScope")
+            if required:
+                line += f" (required scope: {required})"
+            lines.append(line)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return [f"error: HTTP {status}"]
+    return lines or [f"error: HTTP {status}"]
+
+
+async def request_api(
+    base_url: str, token: str | None, method: str, path: str, body: Any = None
+) -> Any:
+    """The decoded JSON of a successful response (None for an empty one).
+
+    Raises ApiFailure with the envelope's messages on an error status, or with one line when
+    the service cannot be reached.
+    """
+    url = base_url.rstrip("/") + path
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as session,
+            session.request(method, url, json=body, headers=headers) as response,
+        ):
+            raw = await response.read()
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise ApiFailure([f"error: cannot reach {base_url}: {reason}"]) from None
+    if status >= 400:
+        raise ApiFailure(error_lines(status, raw))
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ApiFailure([f"error: {base_url} answered {status} without JSON"]) from None
+
+
+def run_request(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    render: Renderer,
+    body: Any = None,
+) -> int:
+    """Make one API call and print its result (`render`ed, or raw with --json).
+
+    Returns 0 on success, 1 after printing the error lines on stderr.
+    """
+    base_url = args.api_url or os.environ.get("ROUTER_URL") or DEFAULT_URL
+    token = args.token or os.environ.get("ROUTER_TOKEN")
+    try:
+        data = asyncio.run(request_api(base_url, token, method, path, body))
+    except ApiFailure as failure:
+        for line in failure.lines:
+            print(line, file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print(render(data))
+    return 0
+
+
+def cell(value: Any) -> str:
+    """A JSON value as table text: lists comma-joined, null as `-`."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        if all(isinstance(v, str | int | float) for v in value):
+            return ", ".join(str(v) for v in value) or "-"
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Rows as aligned columns under a header; `columns` are (header, field) pairs."""
+    lines = [[header for header, _ in columns]]
+    lines += [[cell(row.get(field)) for _, field in columns] for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def record(data: dict[str, Any]) -> str:
+    """One resource as aligned `field  value` lines, in the response's field order."""
+    width = max((len(field) for field in data), default=0)
+    return "\n".join(
+        f"{field.ljust(width)}  {cell(value)}".rstrip() for field, value in data.items()
+    )
+
+
+def page(columns: Sequence[tuple[str, str]]) -> Renderer:
+    """Renders a `{"items", "next_cursor"}` page as a table, then how to fetch the next one."""
+
+    def render(data: dict[str, Any]) -> str:
+        text = table(data["items"], columns)
+        if data.get("next_cursor"):
+            text += f"\n\nmore: repeat with --cursor {data['next_cursor']}"
+        return text
+
+    return render
+
+
+def add_page_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, default=50, help="items per page, 1..100 (default 50)")
+    parser.add_argument("--cursor", help="the cursor printed after the previous page")
+
+
+def page_query(args: argparse.Namespace) -> str:
+    query = f"?limit={args.limit}"
+    if args.cursor:
+        query += f"&cursor={quote(args.cursor, safe='')}"
+    return query
+
+
+# --- the `subscribers` group ---
+
+SUBSCRIBER_COLUMNS = (
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("STATUS", "status"),
+    ("SCOPES", "scopes"),
+    ("URL", "url"),
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `subscribers` group: list, add, show, grant, revoke."""
+    connection = connection_options()
+    group = subparsers.add_parser(
+        "subscribers",
+        help="register subscribers and manage their scope grants",
+        description="Subscribers are the apps events are delivered to; each receives only the "
+        "events its granted scopes entitle it to. Calls the operator API at --url with the "
+        "token in $ROUTER_TOKEN.",
+    )
+    commands = group.add_subparsers(dest="subscribers_command", metavar="COMMAND", required=True)
+
+    listing = commands.add_parser(
+        "list",
+        parents=[connection],
+        help="list subscribers",
+        description="List subscribers, one page at a time (needs read_subscribers).",
+    )
+    add_page_options(listing)
+    listing.set_defaults(func=list_subscribers)
+
+    add = commands.add_parser(
+        "add",
+        parents=[connection_options(url_flag=False)],
+        help="register a subscriber and print its signing secret",
+        description="Register a subscriber (needs write_subscribers). The response holds its "
+        "signing secret; store it now, it is not shown again.",
+    )
+    add.add_argument("--name", required=True, help="a name for people to recognise it by")
+    add.add_argument(
+        "--url",
+        dest="target_url",
+        required=True,
+        metavar="URL",
+        help="where events are POSTed (the service's own URL is --api-url here)",
+    )
+    add.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        required=True,
+        metavar="SCOPE",
+        help="a platform scope to grant, e.g. contacts.readonly (repeatable)",
+    )
+    add.add_argument(
+        "--event",
+        dest="events",
+        action="append",
+        metavar="EVENT",
+        help="only these events, e.g. ContactCreate (repeatable; default: every entitled one)",
+    )
+    add.add_argument(
+        "--location",
+        dest="location_ids",
+        action="append",
+        metavar="LOCATION_ID",
+        help="only events of this location (repeatable; default: any location)",
+    )
+    add.add_argument("--company", dest="company_id", help="only events of this company")
+    add.set_defaults(func=add_subscriber)
+
+    show = commands.add_parser(
+        "show",
+        parents=[connection],
+        help="show one subscriber",
+        description="Show a subscriber's fields (needs read_subscribers).",
+    )
+    show.add_argument("id", metavar="ID", help="subscriber id (sub_…)")
+    show.set_defaults(func=show_subscriber)
+
+    for name, verb, func in (
+        ("grant", "grant", grant_scopes),
+        ("revoke", "revoke", revoke_scopes),
+    ):
+        change = commands.add_parser(
+            name,
+            parents=[connection],
+            help=f"{verb} scopes to a subscriber" if verb == "grant" else "revoke its scopes",
+            description=f"{verb.capitalize()} platform scopes (needs write_subscribers). "
+            "Takes effect for events routed from now on.",
+        )
+        change.add_argument("id", metavar="ID", help="subscriber id (sub_…)")
+        change.add_argument("scopes", metavar="SCOPE", nargs="+", help="platform scopes")
+        change.set_defaults(func=func)
+
+
+def list_subscribers(args: argparse.Namespace) -> int:
+    """Print one page of subscribers; 0, or 1 after printing the API's errors."""
+    return run_request(args, "GET", "/v1/subscribers" + page_query(args), page(SUBSCRIBER_COLUMNS))
+
+
+def add_subscriber(args: argparse.Namespace) -> int:
+    """Register a subscriber and print it with its secret; 0, or 1 on an API error."""
+    body: dict[str, Any] = {"name": args.name, "url": args.target_url, "scopes": args.scopes}
+    if args.events:
+        body["events"] = args.events
+    if args.location_ids:
+        body["location_ids"] = args.location_ids
+    if args.company_id:
+        body["company_id"] = args.company_id
+    return run_request(args, "POST", "/v1/subscribers", record, body)
+
+
+def show_subscriber(args: argparse.Namespace) -> int:
+    """Print one subscriber; 0, or 1 on an API error (404 included)."""
+    return run_request(args, "GET", f"/v1/subscribers/{path_segment(args.id)}", record)
+
+
+def grant_scopes(args: argparse.Namespace) -> int:
+    """Add scopes to a subscriber's grants and print the result; 0, or 1 on an API error."""
+    path = f"/v1/subscribers/{path_segment(args.id)}/grants"
+    return run_request(args, "POST", path, record, {"add": args.scopes})
+
+
+def revoke_scopes(args: argparse.Namespace) -> int:
+    """Remove scopes from a subscriber's grants and print the result; 0, or 1 on an API error."""
+    path = f"/v1/subscribers/{path_segment(args.id)}/grants"
+    return run_request(args, "POST", path, record, {"remove": args.scopes})

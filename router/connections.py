@@ -1,0 +1,40 @@
+"""Opens the Redis client the service runs on: a real Redis from `REDIS_URL`, or the embedded
+in-memory store (fakeredis) when it is unset.
+
+Clients are opened with `decode_responses=False`: event bodies are stored and delivered byte
+for byte, so decoding is the caller's choice, field by field.
+"""
+
+from __future__ import annotations
+
+import fakeredis
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from router.settings import Settings
+
+# Errors that mean "Redis cannot be reached right now": ingest answers 429, workers back off.
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def open_redis(settings: Settings) -> Redis:
+    """A client for the configured store; it connects lazily, on first use.
+
+    A real Redis gets short timeouts (so a dead server turns into an error in about a second,
+    not a hang) and a few quick reconnect retries, after which the caller sees `UNAVAILABLE`.
+    """
+    if settings.redis_url is None:
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=False)
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=False,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        max_connections=256,
+    )

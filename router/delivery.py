@@ -1,0 +1,371 @@
+"""Where one delivery is attempted: the worker that POSTs events to subscribers.
+
+A worker reads the ready stream in the `deliver` consumer group and, for each delivery:
+re-checks the routing rule (a revoked grant, a paused or deleted subscriber, a changed filter
+turns it `skipped`), waits behind the subscriber's circuit breaker if it is open, POSTs the
+raw body with Standard Webhooks signatures, and records the outcome — success, a retry
+scheduled by the `RetryPolicy`, or dead — atomically with the stream acknowledgement.
+
+Per-subscriber concurrency is bounded inside each worker; work for a subscriber at its bound
+waits in a short local queue (still pending in Redis, so a crash loses nothing) and beyond
+that is deferred, so one slow subscriber never occupies the capacity others need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from redis.exceptions import ResponseError
+
+from router.connections import UNAVAILABLE
+from router.ledger import TERMINAL, DeliveryStatus, Ledger, WorkItem
+from router.metrics import Metrics
+from router.retry import RetryPolicy, parse_retry_after
+from router.settings import Settings
+from router.signing import delivery_headers
+from router.ssrf import GuardedResolver, literal_host_refusal
+from subscriptions.catalog import Catalog
+from subscriptions.ids import now_ms, rfc3339
+from subscriptions.models import Subscriber, SubscriberStatus, entitlement_refusal
+from subscriptions.store import SubscriberStore
+
+log = logging.getLogger("router.delivery")
+
+RESPONSE_BODY_LIMIT = 4096
+DEFER_WHEN_SATURATED_MS = 1000
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    response_body: str
+    retry_after: float | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def open_session(settings: Settings, capacity: int) -> aiohttp.ClientSession:
+    """One client session per worker: pooled connections, the SSRF guard on every resolve,
+    no cookies kept between subscribers, redirects never followed (set per request)."""
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(settings.allow_private_targets),
+        limit=capacity,
+        ttl_dns_cache=10,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=settings.delivery_timeout),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+    )
+
+
+async def _read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await resp.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+async def post_event(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    allow_private: bool,
+    timeout: float,
+) -> AttemptResult:
+    """POST once; never raises for anything the receiver or the network does.
+
+    Reads at most 4 KiB of the response, so a receiver answering with a huge body costs
+    nothing more (the connection is dropped instead of drained).
+    """
+    if not allow_private and (reason := literal_host_refusal(url)):
+        return AttemptResult(None, f"refused target: {reason}", 0.0, "", None)
+    started = time.perf_counter()
+    status: int | None = None
+    error: str | None = None
+    text = ""
+    retry_after = None
+    try:
+        async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+            status = resp.status
+            text = (await _read_prefix(resp, RESPONSE_BODY_LIMIT)).decode("utf-8", "replace")
+            if status in (429, 503):
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            if 300 <= status < 400:
+                error = "redirects are not followed"
+    except TimeoutError:
+        error = f"timed out after {timeout:g}s"
+    except aiohttp.ClientError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    duration = (time.perf_counter() - started) * 1000
+    return AttemptResult(status, error, round(duration, 2), text, retry_after)
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        store: SubscriberStore,
+        catalog: Catalog,
+        settings: Settings,
+        metrics: Metrics,
+        consumer: str,
+    ) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.catalog = catalog
+        self.settings = settings
+        self.metrics = metrics
+        self.consumer = consumer
+        self.policy = RetryPolicy(settings.retry_schedule)
+        self.capacity = settings.worker_concurrency
+        self.per_subscriber = settings.subscriber_concurrency
+        self.reclaim_after_ms = int(settings.reclaim_after * 1000)
+        self._inflight: dict[str, int] = defaultdict(int)
+        self._waiting: dict[str, deque[WorkItem]] = defaultdict(deque)
+        self._load = 0  # started + waiting locally
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._capacity_freed = asyncio.Event()
+        self.session: aiohttp.ClientSession | None = None
+
+    # ------------------------------------------------------------------ loop
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Take work until `stopping` is set, then return (call `drain` to finish up)."""
+        self.session = open_session(self.settings, self.capacity)
+        backoff = 0.1
+        next_claim = 0.0
+        while not stopping.is_set():
+            free = self.capacity - self._load
+            if free <= 0:
+                self._capacity_freed.clear()
+                try:
+                    await asyncio.wait_for(self._capacity_freed.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                if time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + self.reclaim_after_ms / 4000
+                    items = await self.ledger.claim_stale_ready(
+                        self.consumer, self.reclaim_after_ms, min(free, 100)
+                    )
+                    if items:
+                        log.info("reclaimed %d deliveries from a stalled worker", len(items))
+                else:
+                    items = await self.ledger.read_ready(self.consumer, min(free, 100), 1000)
+                await self._admit(items)
+                backoff = 0.1
+            except UNAVAILABLE:
+                log.warning("Redis unavailable; worker retrying in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except ResponseError as exc:
+                # The stream or group vanished (a Redis that restarted empty, or was flushed).
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
+                    raise
+                await self.ledger.ensure_groups()
+
+    async def drain(self, timeout: float) -> None:
+        """Hand back work not yet started, and wait up to `timeout` for attempts in flight.
+
+        Attempts still running after that are abandoned un-acknowledged: another worker
+        reclaims and repeats them (receivers see the same webhook-id).
+        """
+        waiting = [item for queue in self._waiting.values() for item in queue]
+        self._waiting.clear()
+        if waiting:
+            try:
+                await self.ledger.hand_back(waiting)
+            except UNAVAILABLE:
+                log.warning("could not hand back %d deliveries; they will be reclaimed",
+                            len(waiting))
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    async def _admit(self, items: list[WorkItem]) -> None:
+        overflow = []
+        for item in items:
+            sub = item.subscriber_id
+            if self._inflight[sub] < self.per_subscriber:
+                self._start(item)
+            elif len(self._waiting[sub]) < self.per_subscriber * 2:
+                self._waiting[sub].append(item)
+                self._load += 1
+            else:
+                overflow.append(item)
+        if overflow:
+            await self.ledger.defer(overflow, now_ms() + DEFER_WHEN_SATURATED_MS)
+
+    def _start(self, item: WorkItem) -> None:
+        self._inflight[item.subscriber_id] += 1
+        self._load += 1
+        task = asyncio.create_task(self._run_one(item))
+        self._tasks.add(task)
+
+    async def _run_one(self, item: WorkItem) -> None:
+        sub = item.subscriber_id
+        try:
+            await self.handle(item)
+        except UNAVAILABLE:
+            log.warning("Redis unavailable during %s; it will be reclaimed", item.delivery_id)
+        except Exception:
+            log.exception("delivery %s failed unexpectedly; it will be reclaimed",
+                          item.delivery_id)
+        finally:
+            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._inflight[sub] -= 1
+            self._load -= 1
+            queue = self._waiting.get(sub)
+            if queue:
+                self._load -= 1
+                self._start(queue.popleft())
+            if not queue:
+                self._waiting.pop(sub, None)
+            if self._inflight[sub] == 0:
+                del self._inflight[sub]
+            self._capacity_freed.set()
+
+    # ------------------------------------------------------------------ one delivery
+    async def handle(self, item: WorkItem) -> None:
+        """Attempt one delivery (or skip or defer it) and record what happened."""
+        delivery, event, raw_subscriber, breaker = await self.ledger.attempt_context(item)
+        if not delivery or DeliveryStatus(delivery["status"]) in TERMINAL:
+            await self.ledger.ack(item)  # expired, or a stale duplicate of finished work
+            return
+        if not event:
+            await self._skip(item, "event expired before delivery")
+            return
+        if raw_subscriber is None:
+            await self._skip(item, "subscriber deleted")
+            return
+        subscriber = Subscriber.model_validate_json(raw_subscriber)
+        refusal = entitlement_refusal(
+            subscriber, event["event"], event["location_id"], event["company_id"], self.catalog
+        )
+        if refusal is not None:
+            await self._skip(item, refusal)
+            return
+        probing = await self._breaker_gate(item, breaker)
+        if probing is None:
+            return
+        try:
+            await self._attempt(item, delivery, event, subscriber)
+        finally:
+            if probing:
+                await self.ledger.release_probe(item.subscriber_id)
+
+    async def _breaker_gate(self, item: WorkItem, breaker: dict[str, str]) -> bool | None:
+        """False: attempt normally. True: attempt as the breaker's probe. None: deferred."""
+        if int(breaker.get("failures", 0)) < self.settings.breaker_threshold:
+            return False
+        now = now_ms()
+        interval_ms = int(self.settings.breaker_probe_interval * 1000)
+        open_until = int(breaker.get("open_until", 0))
+        if now < open_until:
+            await self.ledger.defer([item], open_until)
+            return None
+        probe_ttl = int((self.settings.delivery_timeout + 5) * 1000)
+        if not await self.ledger.acquire_probe(item.subscriber_id, probe_ttl):
+            await self.ledger.defer([item], now + interval_ms)
+            return None
+        return True
+
+    async def _skip(self, item: WorkItem, reason: str) -> None:
+        await self.ledger.finish(item, status=DeliveryStatus.skipped, fields={"reason": reason})
+        self.metrics.deliveries.labels(outcome="skipped").inc()
+
+    async def _attempt(
+        self, item: WorkItem, delivery: dict[str, str], event: dict[str, Any], sub: Subscriber
+    ) -> None:
+        assert self.session is not None
+        number = int(delivery.get("attempts", 0)) + 1
+        now = now_ms()
+        headers = delivery_headers(
+            item.delivery_id, now // 1000, event["body"], sub.signing_secrets(now),
+            event["event"], number, item.event_id,
+        )
+        result = await post_event(
+            self.session, sub.url, event["body"], headers,
+            allow_private=self.settings.allow_private_targets,
+            timeout=self.settings.delivery_timeout,
+        )
+        self.metrics.attempt_seconds.observe(result.duration_ms / 1000)
+        record = {
+            "attempt": number,
+            "at": rfc3339(now),
+            "status_code": result.status_code,
+            "error": result.error,
+            "duration_ms": result.duration_ms,
+            "response_body": result.response_body,
+        }
+        fields: dict[str, str | int] = {
+            "attempts": number,
+            "last_status_code": result.status_code or "",
+            "last_error": result.error or "",
+            "next_attempt_at": "",
+        }
+        if result.succeeded:
+            await self.ledger.finish(
+                item, status=DeliveryStatus.succeeded, attempt=record, fields=fields, breaker=True
+            )
+            self.metrics.deliveries.labels(outcome="succeeded").inc()
+            if event["received_at"]:
+                self.metrics.end_to_end_seconds.observe((now_ms() - event["received_at"]) / 1000)
+            return
+        if result.status_code == 410:
+            reason = "receiver answered 410 Gone; subscriber disabled"
+            fields["reason"] = reason
+            await self.ledger.finish(item, status=DeliveryStatus.dead, attempt=record,
+                                     fields=fields)
+            await self.store.set_status(sub.id, SubscriberStatus.disabled, reason)
+            self.metrics.deliveries.labels(outcome="dead").inc()
+            log.warning("subscriber %s answered 410 Gone: disabled", sub.id)
+            return
+        failures = int(delivery.get("schedule_index", 0)) + 1
+        delay = self.policy.next_delay(failures, result.retry_after)
+        fields["schedule_index"] = failures
+        breaker_args = {
+            "breaker": False,
+            "breaker_threshold": self.settings.breaker_threshold,
+            "probe_interval_ms": int(self.settings.breaker_probe_interval * 1000),
+        }
+        if delay is None:
+            fields["reason"] = f"gave up after {number} attempts"
+            await self.ledger.finish(
+                item, status=DeliveryStatus.dead, attempt=record, fields=fields, **breaker_args
+            )
+            self.metrics.deliveries.labels(outcome="dead").inc()
+            return
+        due = now_ms() + int(delay * 1000)
+        fields["next_attempt_at"] = due
+        await self.ledger.finish(
+            item, status=DeliveryStatus.failed, attempt=record, fields=fields, retry_at=due,
+            **breaker_args,
+        )
+        self.metrics.deliveries.labels(outcome="failed").inc()

@@ -1,0 +1,118 @@
+"""Where an event is fanned out: one delivery per entitled subscriber.
+
+The dispatcher reads the events stream in the `dispatch` consumer group. For each event it
+asks `SubscriberStore.entitled_subscribers` who may receive it, and creates their deliveries
+together with the stream acknowledgement in one script. A dispatcher that dies mid-batch
+leaves its entries pending; another claims them after `ROUTER_RECLAIM_AFTER` seconds, and
+since delivery ids are derived from (event, subscriber), re-dispatch creates nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from redis.exceptions import ResponseError
+
+from router.connections import UNAVAILABLE
+from router.ledger import Ledger
+from router.metrics import Metrics
+from subscriptions.models import Subscriber
+from subscriptions.store import SubscriberStore
+
+log = logging.getLogger("router.dispatch")
+
+RoutingKey = tuple[str, str | None, str | None]
+
+
+class EntitlementCache:
+    """Entitled subscribers per (event, location, company), valid while no subscriber changes.
+
+    Every subscriber write bumps one version counter; the cache checks it once per batch, so
+    a burst of events for the same tenants costs one Redis read, while a grant change is seen
+    by the very next batch (and every attempt re-checks the rule anyway).
+    """
+
+    def __init__(self, store: SubscriberStore, max_entries: int = 10_000) -> None:
+        self.store = store
+        self.max_entries = max_entries
+        self._version: bytes | None = None
+        self._entries: dict[RoutingKey, list[Subscriber]] = {}
+
+    async def refresh(self) -> None:
+        version = await self.store.redis.get(self.store.keys.subscribers_version)
+        if version != self._version or len(self._entries) > self.max_entries:
+            self._entries.clear()
+            self._version = version
+
+    async def entitled(self, key: RoutingKey) -> list[Subscriber]:
+        if key not in self._entries:
+            self._entries[key] = await self.store.entitled_subscribers(*key)
+        return self._entries[key]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        ledger: Ledger,
+        store: SubscriberStore,
+        metrics: Metrics,
+        consumer: str,
+        reclaim_after: float,
+        batch_size: int = 200,
+    ) -> None:
+        self.ledger = ledger
+        self.cache = EntitlementCache(store)
+        self.metrics = metrics
+        self.consumer = consumer
+        self.reclaim_after_ms = int(reclaim_after * 1000)
+        self.batch_size = batch_size
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Dispatch until `stopping` is set; survives Redis outages by waiting them out."""
+        backoff = 0.1
+        next_claim = 0.0
+        while not stopping.is_set():
+            try:
+                if time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + self.reclaim_after_ms / 4000
+                    batch = await self.ledger.claim_stale_events(
+                        self.consumer, self.reclaim_after_ms, self.batch_size
+                    )
+                    if batch:
+                        log.info("reclaimed %d events from a stalled dispatcher", len(batch))
+                else:
+                    batch = await self.ledger.read_events(self.consumer, self.batch_size, 1000)
+                if batch:
+                    await self.dispatch(batch)
+                backoff = 0.1
+            except UNAVAILABLE:
+                log.warning("Redis unavailable; dispatcher retrying in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except ResponseError as exc:
+                # The stream or group vanished (a Redis that restarted empty, or was flushed).
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
+                    raise
+                await self.ledger.ensure_groups()
+
+    async def dispatch(self, batch: list[tuple[str, str]]) -> int:
+        """Create the deliveries of a batch of (entry id, event id); returns how many."""
+        await self.cache.refresh()
+        routing = await self.ledger.routing_fields([event_id for _, event_id in batch])
+        async with self.ledger.redis.pipeline(transaction=False) as pipe:
+            for (entry_id, event_id), fields in zip(batch, routing, strict=True):
+                if fields is None:  # expired before dispatch: nothing to deliver, just ack
+                    await self.ledger.queue_create_deliveries(pipe, entry_id, event_id, "", [])
+                    continue
+                event = fields["event"] or ""
+                subscribers = await self.cache.entitled(
+                    (event, fields["location_id"], fields["company_id"])
+                )
+                await self.ledger.queue_create_deliveries(
+                    pipe, entry_id, event_id, event, [s.id for s in subscribers]
+                )
+            created = sum(int(n) for n in await pipe.execute())
+        self.metrics.deliveries.labels(outcome="created").inc(created)
+        return created

@@ -1,0 +1,174 @@
+"""The one place errors become HTTP responses.
+
+Every error the service returns, on every route, has the seed's envelope
+`{"errors": [{"message": ..., "extensions": {"code": ...}}]}`. Handlers raise `ApiError`
+(or let pydantic's `ValidationError` escape); `error_middleware` renders it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+log = logging.getLogger("router.errors")
+
+
+class ErrorExtensions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str
+
+
+class ErrorItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    message: str
+    extensions: ErrorExtensions
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error response."""
+
+    errors: list[ErrorItem]
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and one or more envelope items."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        extensions: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        items: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+        item: dict[str, Any] = {
+            "message": message,
+            "extensions": {"code": code, **(extensions or {})},
+        }
+        item.update(extra or {})
+        self.items = items if items is not None else [item]
+
+    def response(self) -> web.Response:
+        return web.Response(
+            status=self.status,
+            body=orjson.dumps({"errors": self.items}),
+            content_type="application/json",
+            headers=self.headers,
+        )
+
+
+def unauthenticated(message: str = "Missing or invalid bearer token") -> ApiError:
+    return ApiError(
+        401,
+        "UNAUTHENTICATED",
+        message,
+        headers={"WWW-Authenticate": 'Bearer realm="webhook-router"'},
+    )
+
+
+def insufficient_scopes(required_scope: str) -> ApiError:
+    """Exactly the seed's body: `success: false` sits beside `extensions`, not inside it."""
+    return ApiError(
+        403,
+        "INSUFFICIENT_SCOPES",
+        "Insufficient scopes for this operation",
+        extensions={"requiredScope": required_scope},
+        extra={"success": False},
+    )
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "NOT_FOUND", f"{what} not found")
+
+
+def conflict(message: str) -> ApiError:
+    return ApiError(409, "CONFLICT", message)
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BAD_REQUEST", message)
+
+
+def validation_failed(problems: Iterable[tuple[str, str]]) -> ApiError:
+    """422 with one envelope item per (field, message)."""
+    items = [
+        {
+            "message": f"{field}: {message}" if field else message,
+            "extensions": {"code": "VALIDATION_FAILED", "field": field},
+        }
+        for field, message in problems
+    ]
+    return ApiError(422, "VALIDATION_FAILED", "Validation failed", items=items)
+
+
+def too_many_requests(message: str, retry_after: int) -> ApiError:
+    return ApiError(429, "TOO_MANY_REQUESTS", message, headers={"Retry-After": str(retry_after)})
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc if part not in ("body", "query"))
+
+
+def from_validation_error(exc: ValidationError) -> ApiError:
+    """pydantic's errors as 422 items, each naming its field (`events.2`, `url`, ...)."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        problems.append((_field_path(err["loc"]), msg))
+    return validation_failed(problems)
+
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    411: "LENGTH_REQUIRED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_FAILED",
+    429: "TOO_MANY_REQUESTS",
+}
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    code = _HTTP_CODES.get(exc.status, "INTERNAL" if exc.status >= 500 else "BAD_REQUEST")
+    message = exc.reason if exc.status != 404 else "No such route"
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+    return ApiError(exc.status, code, message, headers=headers).response()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Renders every failure in the envelope; a 500 says nothing of the internals."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except ValidationError as exc:
+        return from_validation_error(exc).response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http_exception(exc)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.rel_url.path)
+        return ApiError(500, "INTERNAL", "Internal error").response()

@@ -1,0 +1,230 @@
+"""Where an event is accepted: `POST /webhooks` and `POST /webhooks/{event_type}`.
+
+An event is answered 202 only once its own write is confirmed by Redis. Writes of concurrent
+requests share one pipeline (`AcceptBatcher`), so a burst costs a few round trips, not one
+per event. When the event cannot be made durable — Redis unreachable, or the dispatch backlog
+over `ROUTER_MAX_BACKLOG` — the answer is 429 with Retry-After: the platform retries a webhook
+only on 429, so any other status would lose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from router.connections import UNAVAILABLE
+from router.context import CATALOG, LEDGER, METRICS, SETTINGS, VERIFIER
+from router.errors import ApiError, bad_request, too_many_requests, validation_failed
+from router.ledger import EventStatus, IncomingEvent, Ledger, Overloaded
+from router.operations import Resource
+from router.verification import timestamp_refusal
+from subscriptions.ids import new_id, now_ms
+
+log = logging.getLogger("router.ingest")
+resource = Resource("ingest")
+
+REDIS_DOWN_RETRY_AFTER = 10
+OVERLOAD_RETRY_AFTER = 30
+
+
+class Accepted(BaseModel):
+    event_id: str = Field(description="The stored event (the original's id for a duplicate)")
+    type: str = Field(description="The event name routing used (after aliases)")
+    status: EventStatus
+
+
+class AcceptBatcher:
+    """Sends the accept scripts of concurrent requests to Redis in one pipeline.
+
+    Each caller awaits its own result: nothing is acknowledged before its write is confirmed,
+    and one failed batch fails only the requests in it.
+    """
+
+    def __init__(self, ledger: Ledger, max_batch: int = 256) -> None:
+        self.ledger = ledger
+        self.max_batch = max_batch
+        self._queue: list[tuple[IncomingEvent, asyncio.Future[Any]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="accept-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for _, future in self._queue:
+            if not future.done():
+                future.set_exception(ConnectionError("shutting down"))
+
+    async def accept(self, event: IncomingEvent) -> tuple[EventStatus, str]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((event, future))
+        self._wakeup.set()
+        return self.ledger.accept_result(await future)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[tuple[IncomingEvent, asyncio.Future[Any]]]) -> None:
+        try:
+            async with self.ledger.redis.pipeline(transaction=False) as pipe:
+                for event, _ in batch:
+                    await self.ledger.queue_accept(pipe, event)
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # every waiter must hear about it, whatever it was
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # orjson refuses some valid JSON (integers beyond 64 bits); the stdlib takes it,
+        # and its own limits (nesting depth) become a 400 like any other bad body.
+        try:
+            payload = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise bad_request("Body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise bad_request("Body must be a JSON object")
+    return payload
+
+
+def _optional_str(payload: dict[str, Any], field: str) -> str | None:
+    value = payload.get(field)
+    return value if isinstance(value, str) and value else None
+
+
+def _check_content_type(request: web.Request) -> None:
+    ctype = request.content_type.lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise ApiError(
+            415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json"
+        )
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body is larger than {limit} bytes")
+    return await request.read()
+
+
+async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
+    app = request.app
+    settings = app[SETTINGS]
+    _check_content_type(request)
+    raw = await _read_body(request, settings.max_body_bytes)
+    verifier = app[VERIFIER]
+    if verifier is not None and (reason := verifier.refusal(raw, request.headers)):
+        app[METRICS].events_refused.labels(reason="signature").inc()
+        raise ApiError(401, "UNAUTHENTICATED", reason)
+    payload = _parse_body(raw)
+    payload_type = payload.get("type")
+    if path_event is None and not isinstance(payload_type, str):
+        raise validation_failed([("type", "a string `type` naming the event is required")])
+    if path_event is None and not payload_type:
+        raise validation_failed([("type", "must not be empty")])
+    if verifier is not None and (reason := timestamp_refusal(payload, settings.timestamp_tolerance)):
+        app[METRICS].events_refused.labels(reason="timestamp").inc()
+        raise ApiError(401, "UNAUTHENTICATED", reason)
+    catalog = app[CATALOG]
+    event_name = catalog.event_for_payload_type(path_event or payload_type)
+    webhook_id = _optional_str(payload, "webhookId") or request.headers.get("webhook-id") or None
+    incoming = IncomingEvent(
+        event_id=new_id("evt"),
+        body=raw,
+        event=event_name,
+        payload_type=payload_type if isinstance(payload_type, str) else "",
+        location_id=_optional_str(payload, "locationId"),
+        company_id=_optional_str(payload, "companyId"),
+        webhook_id=webhook_id[:512] if webhook_id else None,
+        received_at=now_ms(),
+        routable=catalog.required_scope(event_name) is not None,
+    )
+    try:
+        status, event_id = await app[INGEST_BATCHER].accept(incoming)
+    except Overloaded:
+        app[METRICS].events_refused.labels(reason="overloaded").inc()
+        raise too_many_requests(
+            "Dispatch backlog is full; retry later", OVERLOAD_RETRY_AFTER
+        ) from None
+    except UNAVAILABLE:
+        app[METRICS].events_refused.labels(reason="redis_unavailable").inc()
+        log.warning("event not accepted: Redis unavailable")
+        raise too_many_requests(
+            "Event store unavailable; retry later", REDIS_DOWN_RETRY_AFTER
+        ) from None
+    app[METRICS].events_received.labels(event=event_name, status=status.value).inc()
+    body = Accepted(event_id=event_id, type=event_name, status=status)
+    return web.Response(
+        status=202, body=body.model_dump_json(), content_type="application/json"
+    )
+
+
+_INGEST_ERRORS = (400, 401, 413, 415, 422, 429)
+
+
+@resource.post(
+    "/webhooks",
+    summary="Accept a platform webhook event (its `type` names the event)",
+    scope=None,
+    public_auth=True,
+    response=Accepted,
+    status=202,
+    errors=_INGEST_ERRORS,
+)
+async def ingest(request: web.Request) -> web.Response:
+    return await _ingest(request, None)
+
+
+@resource.post(
+    "/webhooks/{event_type}",
+    summary="Accept a platform webhook event whose name is given by the URL",
+    scope=None,
+    public_auth=True,
+    response=Accepted,
+    status=202,
+    errors=_INGEST_ERRORS,
+)
+async def ingest_named(request: web.Request) -> web.Response:
+    return await _ingest(request, request.match_info["event_type"])
+
+
+INGEST_BATCHER = web.AppKey("ingest_batcher", AcceptBatcher)
+
+
+def install(app: web.Application) -> None:
+    """Give `app` an accept batcher that runs for the app's lifetime."""
+    app[INGEST_BATCHER] = AcceptBatcher(app[LEDGER])
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        app[INGEST_BATCHER].start()
+        yield
+        await app[INGEST_BATCHER].stop()
+
+    app.cleanup_ctx.append(lifecycle)

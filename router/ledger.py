@@ -1,0 +1,529 @@
+"""The ledger: events and deliveries in Redis, and every move between their queues.
+
+Shapes (names in `subscriptions.keys`):
+- accepted events: a hash each (raw body + routing fields) and an entry in the events stream,
+  read by the `dispatch` consumer group;
+- deliveries: a hash each, an attempts list, and an entry in the ready stream (consumer group
+  `deliver`) whenever an attempt is due; failed ones wait in the retry sorted set (score = due
+  ms) and are moved back by `move_due_retries`; dead ones are indexed in the dead sorted set.
+- queue entries are XDEL'd once acknowledged, so each stream holds only outstanding work and
+  its length is the backlog.
+
+Every state change is one Lua script or one MULTI transaction: a crash between two Redis
+calls can leave work to be redone (at-least-once), never work lost or a delivery doubled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
+
+from subscriptions.ids import id_floor, now_ms
+from subscriptions.keys import Keys
+
+DISPATCH_GROUP = "dispatch"
+DELIVER_GROUP = "deliver"
+
+
+class EventStatus(StrEnum):
+    accepted = "accepted"
+    duplicate = "duplicate"
+    unroutable = "unroutable"
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"
+    succeeded = "succeeded"
+    failed = "failed"  # will be retried
+    dead = "dead"
+    skipped = "skipped"
+
+
+TERMINAL = frozenset({DeliveryStatus.succeeded, DeliveryStatus.dead, DeliveryStatus.skipped})
+
+
+class Overloaded(Exception):
+    """The dispatch backlog is over `ROUTER_MAX_BACKLOG`; the event was not stored."""
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    event_id: str
+    body: bytes
+    event: str  # the event name routing uses (after aliases)
+    payload_type: str  # the payload's own `type` ('' when it had none)
+    location_id: str | None
+    company_id: str | None
+    webhook_id: str | None
+    received_at: int  # ms
+    routable: bool
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One ready-stream entry: a delivery due for an attempt."""
+
+    entry_id: str
+    delivery_id: str
+    subscriber_id: str
+    event_id: str
+
+    @property
+    def member(self) -> str:
+        return f"{self.delivery_id} {self.subscriber_id} {self.event_id}"
+
+    @classmethod
+    def parse(cls, entry_id: bytes | str, member: bytes | str) -> WorkItem:
+        text = member.decode() if isinstance(member, bytes) else member
+        delivery_id, subscriber_id, event_id = text.split(" ")
+        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        return cls(eid, delivery_id, subscriber_id, event_id)
+
+
+def delivery_id_for(event_id: str, subscriber_id: str) -> str:
+    """Deterministic, so re-dispatching an event can never create a second delivery for the
+    same subscriber; it sorts by the event's time, like the event id it embeds."""
+    digest = hashlib.blake2b(subscriber_id.encode(), digest_size=5).digest()
+    suffix = "".join("0123456789abcdefghjkmnpqrstvwxyz"[b % 32] for b in digest)
+    return f"dlv_{event_id.removeprefix('evt_')}{suffix}"
+
+
+_ACCEPT = """
+if ARGV[13] == '1' then
+  local prior = redis.call('GET', KEYS[3])
+  if prior then return {'duplicate', prior} end
+end
+if ARGV[9] == 'accepted' and redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[12]) then
+  return {'overloaded', ''}
+end
+redis.call('HSET', KEYS[1], 'body', ARGV[2], 'event', ARGV[3], 'payload_type', ARGV[4],
+  'location_id', ARGV[5], 'company_id', ARGV[6], 'webhook_id', ARGV[7],
+  'received_at', ARGV[8], 'status', ARGV[9])
+redis.call('EXPIRE', KEYS[1], ARGV[10])
+if ARGV[13] == '1' then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[11]) end
+if ARGV[9] == 'accepted' then
+  redis.call('XADD', KEYS[2], '*', 'e', ARGV[1])
+else
+  redis.call('HINCRBY', KEYS[4], 'unroutable', 1)
+end
+return {ARGV[9], ARGV[1]}
+"""
+
+# KEYS: events stream, ready stream, deliveries index, event's deliveries, then per
+# subscriber (delivery hash, subscriber's deliveries). ARGV: group, entry id ('' = none),
+# event id, event name, now, retention, oldest id kept, then per subscriber (delivery id, id).
+_CREATE_DELIVERIES = """
+local n = (#ARGV - 7) / 2
+local created = 0
+for i = 1, n do
+  local dlv, sub = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
+  local dkey, skey = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  if redis.call('EXISTS', dkey) == 0 then
+    redis.call('HSET', dkey, 'event_id', ARGV[3], 'subscriber_id', sub, 'event', ARGV[4],
+      'status', 'pending', 'attempts', 0, 'schedule_index', 0,
+      'created_at', ARGV[5], 'updated_at', ARGV[5])
+    redis.call('EXPIRE', dkey, ARGV[6])
+    redis.call('ZADD', KEYS[3], 0, dlv)
+    redis.call('ZADD', KEYS[4], 0, dlv)
+    redis.call('ZADD', skey, 0, dlv)
+    redis.call('ZREMRANGEBYLEX', skey, '-', '(' .. ARGV[7])
+    redis.call('EXPIRE', skey, ARGV[6])
+    redis.call('XADD', KEYS[2], '*', 'm', dlv .. ' ' .. sub .. ' ' .. ARGV[3])
+    created = created + 1
+  end
+end
+redis.call('ZREMRANGEBYLEX', KEYS[3], '-', '(' .. ARGV[7])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+end
+return created
+"""
+
+_MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('XADD', KEYS[2], '*', 'm', member)
+end
+return #due
+"""
+
+
+def _s(value: bytes | None) -> str | None:
+    return None if value is None or value == b"" else value.decode()
+
+
+def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+class Ledger:
+    """All reads and writes of events and deliveries."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, retention: int, dedupe_window: int,
+                 max_backlog: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.retention = retention
+        self.dedupe_window = dedupe_window
+        self.max_backlog = max_backlog
+        self._accept = redis.register_script(_ACCEPT)
+        self._create = redis.register_script(_CREATE_DELIVERIES)
+        self._move_due = redis.register_script(_MOVE_DUE)
+
+    # ---------------------------------------------------------------- ingest
+    async def queue_accept(self, pipe: Pipeline, event: IncomingEvent) -> None:
+        """Add the atomic accept of `event` to `pipe` (its result is read by `accept_result`)."""
+        k = self.keys
+        dedupe_key = k.dedupe(event.webhook_id or event.event_id)
+        await self._accept(
+            keys=[k.event(event.event_id), k.events_stream, dedupe_key, k.stats],
+            args=[
+                event.event_id, event.body, event.event, event.payload_type,
+                event.location_id or "", event.company_id or "", event.webhook_id or "",
+                event.received_at,
+                EventStatus.accepted if event.routable else EventStatus.unroutable,
+                self.retention, self.dedupe_window, self.max_backlog,
+                "1" if event.webhook_id else "0",
+            ],
+            client=pipe,
+        )
+
+    @staticmethod
+    def accept_result(result: Any) -> tuple[EventStatus, str]:
+        """(status, event id) from one accept; the id is the original's for a duplicate.
+
+        Raises Overloaded if the event was refused for backlog.
+        """
+        status, event_id = (x.decode() for x in result)
+        if status == "overloaded":
+            raise Overloaded
+        return EventStatus(status), event_id
+
+    async def accept(self, event: IncomingEvent) -> tuple[EventStatus, str]:
+        """Store `event` durably (dedupe, backlog check, stream entry) in one script."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self.queue_accept(pipe, event)
+            (result,) = await pipe.execute()
+        return self.accept_result(result)
+
+    # ---------------------------------------------------------------- consumer groups
+    async def ensure_groups(self) -> None:
+        """Create both consumer groups (and their streams) if missing; safe to repeat.
+
+        Called at start and again after Redis answers NOGROUP (a restarted Redis that kept
+        no data).
+        """
+        for stream, group in (
+            (self.keys.events_stream, DISPATCH_GROUP),
+            (self.keys.ready_stream, DELIVER_GROUP),
+        ):
+            try:
+                await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def _read(
+        self, stream: str, group: str, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, bytes]]:
+        reply = await self.redis.xreadgroup(
+            group, consumer, {stream: ">"}, count=count, block=block_ms
+        )
+        out: list[tuple[str, bytes]] = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                value = next(iter(fields.values()), b"") if fields else b""
+                out.append((entry_id.decode(), value))
+        return out
+
+    async def _claim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[tuple[str, bytes]]:
+        reply = await self.redis.xautoclaim(
+            stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count
+        )
+        out: list[tuple[str, bytes]] = []
+        for entry_id, fields in reply[1]:
+            if fields:  # a deleted entry comes back as None
+                out.append((entry_id.decode(), next(iter(fields.values()))))
+            else:
+                await self.redis.xack(stream, group, entry_id)
+        return out
+
+    # ---------------------------------------------------------------- dispatch
+    async def read_events(
+        self, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, str]]:
+        """New (entry id, event id) pairs for this dispatcher."""
+        raw = await self._read(self.keys.events_stream, DISPATCH_GROUP, consumer, count, block_ms)
+        return [(entry, value.decode()) for entry, value in raw]
+
+    async def claim_stale_events(
+        self, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[tuple[str, str]]:
+        """Events another dispatcher took but did not finish within `min_idle_ms`."""
+        raw = await self._claim(
+            self.keys.events_stream, DISPATCH_GROUP, consumer, min_idle_ms, count
+        )
+        return [(entry, value.decode()) for entry, value in raw]
+
+    async def routing_fields(self, event_ids: Sequence[str]) -> list[dict[str, str | None] | None]:
+        """For each event: its name, location and company (None if it has expired)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.hmget(self.keys.event(event_id), ["event", "location_id", "company_id"])
+            rows = await pipe.execute()
+        out: list[dict[str, str | None] | None] = []
+        for event, location, company in rows:
+            if event is None:
+                out.append(None)
+            else:
+                out.append(
+                    {"event": event.decode(), "location_id": _s(location), "company_id": _s(company)}
+                )
+        return out
+
+    async def queue_create_deliveries(
+        self,
+        pipe: Pipeline,
+        entry_id: str,
+        event_id: str,
+        event: str,
+        subscriber_ids: Sequence[str],
+    ) -> None:
+        """Add to `pipe`: one pending delivery per subscriber that has none yet for this event,
+        each queued as ready, and the acknowledgement of the event's stream entry — atomically.
+        """
+        k = self.keys
+        now = now_ms()
+        keys = [k.events_stream, k.ready_stream, k.deliveries, k.event_deliveries(event_id)]
+        args: list[str | int] = [
+            DISPATCH_GROUP, entry_id, event_id, event, now, self.retention,
+            id_floor("dlv", now - self.retention * 1000),
+        ]
+        for sub in subscriber_ids:
+            dlv = delivery_id_for(event_id, sub)
+            keys += [k.delivery(dlv), k.subscriber_deliveries(sub)]
+            args += [dlv, sub]
+        await self._create(keys=keys, args=args, client=pipe)
+
+    # ---------------------------------------------------------------- delivery queue
+    async def read_ready(self, consumer: str, count: int, block_ms: int) -> list[WorkItem]:
+        raw = await self._read(self.keys.ready_stream, DELIVER_GROUP, consumer, count, block_ms)
+        return [WorkItem.parse(entry, member) for entry, member in raw]
+
+    async def claim_stale_ready(
+        self, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[WorkItem]:
+        """Deliveries another worker took but neither finished nor handed back in time."""
+        raw = await self._claim(self.keys.ready_stream, DELIVER_GROUP, consumer, min_idle_ms, count)
+        return [WorkItem.parse(entry, member) for entry, member in raw]
+
+    async def attempt_context(self, item: WorkItem) -> tuple[dict[str, str], dict[str, Any],
+                                                             bytes | None, dict[str, str]]:
+        """Everything one attempt needs, in one round trip: the delivery, the event (raw body
+        included), the subscriber's JSON and its breaker state. Empty dicts for missing ones."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.delivery(item.delivery_id))
+            pipe.hmget(
+                k.event(item.event_id),
+                ["body", "event", "location_id", "company_id", "received_at"],
+            )
+            pipe.hget(k.subscribers, item.subscriber_id)
+            pipe.hgetall(k.breaker(item.subscriber_id))
+            delivery, event_row, subscriber, breaker = await pipe.execute()
+        event: dict[str, Any] = {}
+        if event_row[0] is not None:
+            event = {
+                "body": event_row[0],
+                "event": _s(event_row[1]),
+                "location_id": _s(event_row[2]),
+                "company_id": _s(event_row[3]),
+                "received_at": int(event_row[4] or 0),
+            }
+        return decode_hash(delivery), event, subscriber, decode_hash(breaker)
+
+    async def finish(
+        self,
+        item: WorkItem,
+        *,
+        status: DeliveryStatus,
+        attempt: dict[str, Any] | None = None,
+        fields: dict[str, str | int] | None = None,
+        retry_at: int | None = None,
+        breaker: bool | None = None,
+        breaker_threshold: int = 0,
+        probe_interval_ms: int = 0,
+    ) -> None:
+        """Record the outcome of handling `item`, in one transaction: the delivery's new state,
+        the attempt (if one was made), its retry or dead-letter entry, and the stream ack.
+
+        `breaker` is True for a success (closes the subscriber's breaker), False for a failed
+        attempt (counts towards opening it), None when no attempt reached the receiver.
+        """
+        k = self.keys
+        now = now_ms()
+        mapping: dict[str, str | int] = {"status": status.value, "updated_at": now}
+        mapping.update(fields or {})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k.delivery(item.delivery_id), mapping=mapping)
+            if attempt is not None:
+                pipe.rpush(k.delivery_attempts(item.delivery_id), orjson.dumps(attempt))
+                pipe.expire(k.delivery_attempts(item.delivery_id), self.retention)
+            if retry_at is not None:
+                pipe.zadd(k.retry_schedule, {item.member: retry_at})
+            if status is DeliveryStatus.dead:
+                pipe.zadd(k.dead, {item.delivery_id: 0})
+            pipe.xack(k.ready_stream, DELIVER_GROUP, item.entry_id)
+            pipe.xdel(k.ready_stream, item.entry_id)
+            if breaker is True:
+                pipe.delete(k.breaker(item.subscriber_id))
+                pipe.srem(k.open_breakers, item.subscriber_id)
+            elif breaker is False:
+                pipe.hincrby(k.breaker(item.subscriber_id), "failures", 1)
+                pipe.expire(k.breaker(item.subscriber_id), self.retention)
+            results = await pipe.execute()
+        if breaker is False and int(results[-2]) >= breaker_threshold:
+            await self.open_breaker(item.subscriber_id, now + probe_interval_ms)
+
+    async def ack(self, item: WorkItem) -> None:
+        """Drop a queue entry that needs no attempt, changing no delivery record."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.keys.ready_stream, DELIVER_GROUP, item.entry_id)
+            pipe.xdel(self.keys.ready_stream, item.entry_id)
+            await pipe.execute()
+
+    async def open_breaker(self, subscriber_id: str, until_ms: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.breaker(subscriber_id), "open_until", until_ms)
+            pipe.sadd(self.keys.open_breakers, subscriber_id)
+            await pipe.execute()
+
+    async def acquire_probe(self, subscriber_id: str, ttl_ms: int) -> bool:
+        """True for the one caller allowed to probe an open breaker until `ttl_ms` passes."""
+        return bool(
+            await self.redis.set(self.keys.probe_lock(subscriber_id), b"1", nx=True, px=ttl_ms)
+        )
+
+    async def release_probe(self, subscriber_id: str) -> None:
+        await self.redis.delete(self.keys.probe_lock(subscriber_id))
+
+    async def defer(self, items: Sequence[WorkItem], due_ms: int) -> None:
+        """Put work back for later without counting an attempt (breaker open, or the
+        subscriber's concurrency bound reached): scheduled and acknowledged atomically."""
+        if not items:
+            return
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(k.retry_schedule, {item.member: due_ms for item in items})
+            pipe.xack(k.ready_stream, DELIVER_GROUP, *[i.entry_id for i in items])
+            pipe.xdel(k.ready_stream, *[i.entry_id for i in items])
+            await pipe.execute()
+
+    async def hand_back(self, items: Sequence[WorkItem]) -> None:
+        """Requeue work this process took but will not start (shutdown), for any worker."""
+        await self.defer(items, 0)
+        await self.move_due_retries()
+
+    async def move_due_retries(self, limit: int = 1000) -> int:
+        """Move deliveries whose retry time has come back to the ready stream (atomic)."""
+        moved = await self._move_due(
+            keys=[self.keys.retry_schedule, self.keys.ready_stream], args=[now_ms(), limit]
+        )
+        return int(moved)
+
+    async def next_retry_due(self) -> int | None:
+        """Due time (ms) of the earliest waiting retry, or None."""
+        first = await self.redis.zrange(self.keys.retry_schedule, 0, 0, withscores=True)
+        return int(first[0][1]) if first else None
+
+    # ---------------------------------------------------------------- operator reads
+    async def delivery(self, delivery_id: str) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self.keys.delivery(delivery_id))
+        return decode_hash(raw) | {"id": delivery_id} if raw else None
+
+    async def deliveries(self, delivery_ids: Sequence[str]) -> list[dict[str, str]]:
+        """The deliveries among `delivery_ids` that still exist, in that order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for dlv in delivery_ids:
+                pipe.hgetall(self.keys.delivery(dlv))
+            rows = await pipe.execute()
+        return [decode_hash(r) | {"id": d} for d, r in zip(delivery_ids, rows, strict=True) if r]
+
+    async def attempts(self, delivery_id: str) -> list[dict[str, Any]]:
+        raw = await self.redis.lrange(self.keys.delivery_attempts(delivery_id), 0, -1)
+        return [orjson.loads(a) for a in raw]
+
+    async def delivery_ids_page(
+        self, index: str, after: str | None, count: int, newest_first: bool = True
+    ) -> list[str]:
+        """Up to `count` ids of a lexicographic delivery index, past the cursor `after`."""
+        if newest_first:
+            upper = f"({after}" if after else "+"
+            raw = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=count)
+        else:
+            lower = f"({after}" if after else "-"
+            raw = await self.redis.zrangebylex(index, lower, "+", start=0, num=count)
+        return [r.decode() for r in raw]
+
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hgetall(self.keys.event(event_id))
+        if not raw:
+            return None
+        body = raw.pop(b"body", b"")
+        return decode_hash(raw) | {"id": event_id, "body": body}
+
+    async def requeue(self, delivery_ids: Sequence[str]) -> int:
+        """Give each delivery a fresh round of the retry schedule, starting now.
+
+        Works on any state (an operator's retry or replay); returns how many were requeued.
+        """
+        rows = await self.deliveries(delivery_ids)
+        if not rows:
+            return 0
+        k = self.keys
+        now = now_ms()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for row in rows:
+                member = f"{row['id']} {row['subscriber_id']} {row['event_id']}"
+                pipe.hset(
+                    k.delivery(row["id"]),
+                    mapping={"status": DeliveryStatus.pending.value, "schedule_index": 0,
+                             "updated_at": now, "reason": ""},
+                )
+                pipe.zrem(k.dead, row["id"])
+                pipe.zadd(k.retry_schedule, {member: now})
+            await pipe.execute()
+        await self.move_due_retries()
+        return len(rows)
+
+    async def depths(self) -> dict[str, int]:
+        """Queue depths for metrics: ready, retry, dead, dispatch backlog, open breakers."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(k.ready_stream)
+            pipe.zcard(k.retry_schedule)
+            pipe.zcard(k.dead)
+            pipe.xlen(k.events_stream)
+            pipe.scard(k.open_breakers)
+            ready, retry, dead, backlog, breakers = await pipe.execute()
+        return {"ready": ready, "retry": retry, "dead": dead, "dispatch": backlog,
+                "open_breakers": breakers}
+
+    async def trim(self) -> None:
+        """Forget index entries of deliveries older than the retention (records expired)."""
+        floor = id_floor("dlv", now_ms() - self.retention * 1000)
+        await self.redis.zremrangebylex(self.keys.dead, "-", f"({floor}")
+        await self.redis.zremrangebylex(self.keys.deliveries, "-", f"({floor}")

@@ -1,0 +1,68 @@
+"""Prometheus metrics: one registry per app, served at `GET /metrics`.
+
+Queue depths are read from Redis at scrape time, so every process reports the shared queues
+as they are, not as it last saw them.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from router.connections import UNAVAILABLE
+from router.context import LEDGER, METRICS
+from router.operations import Resource
+
+resource = Resource("metrics")
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class Metrics:
+    """The service's instruments."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_received = Counter(
+            "router_events_received", "Events answered 202, by event and status",
+            ["event", "status"], registry=r,
+        )
+        self.events_refused = Counter(
+            "router_events_refused", "Events not accepted, by reason", ["reason"], registry=r
+        )
+        self.deliveries = Counter(
+            "router_deliveries", "Delivery outcomes (attempt results and final states)",
+            ["outcome"], registry=r,
+        )
+        self.attempt_seconds = Histogram(
+            "router_attempt_duration_seconds", "Time one delivery attempt took",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "router_delivery_latency_seconds", "From event accepted to delivered",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "router_queue_depth", "Items waiting, by queue", ["queue"], registry=r
+        )
+        self.open_breakers = Gauge(
+            "router_open_breakers", "Subscribers whose circuit breaker is open", registry=r
+        )
+
+
+@resource.get("/metrics", summary="Prometheus metrics", scope=None)
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    try:
+        depths = await request.app[LEDGER].depths()
+    except UNAVAILABLE:
+        depths = None
+    if depths is not None:
+        for queue in ("ready", "retry", "dead", "dispatch"):
+            m.queue_depth.labels(queue=queue).set(depths[queue])
+        m.open_breakers.set(depths["open_breakers"])
+    return web.Response(
+        body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )

@@ -1,0 +1,140 @@
+"""Every setting of the service, read from the environment (DESIGN.md, "Settings").
+
+`load_settings()` is the one entry point: it turns a bad value into a `SettingsError` whose
+message is one line naming the variable, so the CLI can stop with that line and no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 10800.0, 21600.0)
+
+
+class SettingsError(Exception):
+    """A setting has a value the service cannot run with; the message is one line."""
+
+
+class Settings(BaseSettings):
+    """The service's configuration. Field `x` is read from `ROUTER_X` unless aliased."""
+
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "redis_url"),
+        description="Redis to use; unset runs on an embedded in-memory store.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bootstrap operator token with every scope."
+    )
+    catalog_path: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ROUTER_CATALOG", "catalog_path"),
+        description="Scope catalog data file (JSON, or a table in the seed's markdown format).",
+    )
+    catalog_overlay: Path | None = Field(
+        default=None, description="Extra event -> scope mappings and aliases."
+    )
+    verify: Literal["off", "highlevel", "standard"] = "off"
+    highlevel_ed25519_key: str | None = None
+    highlevel_rsa_key: str | None = None
+    ingest_secret: SecretStr | None = None
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    dedupe_window: int = Field(default=86_400, gt=0)
+    retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    delivery_timeout: float = Field(default=10.0, gt=0)
+    subscriber_concurrency: int = Field(default=10, gt=0)
+    breaker_threshold: int = Field(default=20, gt=0)
+    allow_private_targets: bool = False
+    retention: int = Field(default=604_800, gt=0)
+    log_format: Literal["json", "text"] | None = None
+
+    # Beyond DESIGN.md's table: tuning knobs with safe defaults.
+    key_prefix: str = Field(default="wr", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    timestamp_tolerance: int = Field(default=300, gt=0)
+    max_backlog: int = Field(default=1_000_000, gt=0)
+    secret_grace: int = Field(default=86_400, ge=0)
+    worker_concurrency: int = Field(default=256, gt=0)
+    breaker_probe_interval: float = Field(default=30.0, gt=0)
+    reclaim_after: float = Field(default=60.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                delays = tuple(float(part) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ValueError("must be comma-separated seconds, e.g. 5,30,120") from None
+            if not delays or any(d < 0 for d in delays):
+                raise ValueError("must be one or more non-negative numbers of seconds")
+            return delays
+        return value
+
+    @field_validator("catalog_path", "catalog_overlay")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                with value.open("rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"cannot read {value}: {exc.strerror or exc}") from None
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when running on the in-memory store, which keeps nothing across a restart."""
+        return not self.redis_url
+
+    @property
+    def effective_log_format(self) -> Literal["json", "text"]:
+        if self.log_format:
+            return self.log_format
+        return "text" if sys.stderr.isatty() else "json"
+
+
+_ALIASED = {"redis_url": "REDIS_URL", "catalog_path": "ROUTER_CATALOG"}
+
+
+def _env_name(field: str) -> str:
+    if field.isupper():  # pydantic reports an aliased field under the alias it was read from
+        return field
+    return _ALIASED.get(field, f"ROUTER_{field.upper()}")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (overrides win).
+
+    Raises `SettingsError` with one line such as `ROUTER_PORT: Input should be a valid
+    integer` for the first bad value.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        message = first["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"{_env_name(field)}: {message}") from None
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for `--help` and the README."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        if name == "retry_schedule":
+            shown = ",".join(f"{d:g}" for d in DEFAULT_RETRY_SCHEDULE)
+        else:
+            shown = "unset" if default is None else str(default)
+        rows.append((_env_name(name), shown, info.description or ""))
+    return rows

@@ -1,0 +1,155 @@
+"""The background side of a process: dispatcher, delivery worker and retry scheduler.
+
+`webhook-router serve` runs them inside the web app (`install`); `webhook-router worker`
+runs them alone (`run_forever`). Any number of processes may run against one Redis: they
+share the work through consumer groups, and whichever is alive moves due retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from router.connections import UNAVAILABLE
+from router.context import CATALOG, LEDGER, METRICS, SETTINGS, SUBSCRIBERS
+from router.delivery import DeliveryWorker
+from router.dispatch import Dispatcher
+from router.ledger import Ledger
+from router.metrics import Metrics
+from router.settings import Settings
+from subscriptions.catalog import Catalog
+from subscriptions.store import SubscriberStore
+
+log = logging.getLogger("router.workers")
+
+RETRY_POLL_SECONDS = 0.2
+TRIM_EVERY_SECONDS = 60.0
+
+
+def consumer_name() -> str:
+    """Unique per process start, so a restarted process never inherits a dead one's entries
+    except through reclaiming."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class WorkerGroup:
+    """Starts and drains the background loops of one process."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: Catalog,
+        store: SubscriberStore,
+        ledger: Ledger,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        consumer = consumer_name()
+        self.dispatcher = Dispatcher(ledger, store, metrics, consumer, settings.reclaim_after)
+        self.worker = DeliveryWorker(
+            ledger=ledger, store=store, catalog=catalog, settings=settings, metrics=metrics,
+            consumer=consumer,
+        )
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start the loops; a Redis that is down now is waited for in the background."""
+        self._tasks = [
+            asyncio.create_task(self._supervise("dispatcher", self.dispatcher.run)),
+            asyncio.create_task(self._supervise("worker", self.worker.run)),
+            asyncio.create_task(self._schedule_retries()),
+        ]
+
+    async def stop(self) -> None:
+        """Stop taking work, finish or hand back what is in flight, within the delivery
+        timeout."""
+        self._stopping.set()
+        await asyncio.wait(self._tasks, timeout=2.0)
+        await self.worker.drain(self.settings.delivery_timeout)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _supervise(
+        self, name: str, loop: Callable[[asyncio.Event], Awaitable[None]]
+    ) -> None:
+        """Run one loop; an unexpected crash is logged and the loop restarted."""
+        while not self._stopping.is_set():
+            try:
+                await self._ensure_groups()
+                await loop(self._stopping)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s loop crashed; restarting in 1s", name)
+                await asyncio.sleep(1.0)
+
+    async def _ensure_groups(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self.ledger.ensure_groups()
+                return
+            except UNAVAILABLE:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _schedule_retries(self) -> None:
+        """Move due retries to the ready queue; trim expired index entries now and then."""
+        loop = asyncio.get_running_loop()
+        next_trim = loop.time()
+        while not self._stopping.is_set():
+            try:
+                moved = await self.ledger.move_due_retries()
+                if loop.time() >= next_trim:
+                    next_trim = loop.time() + TRIM_EVERY_SECONDS
+                    await self.ledger.trim()
+            except UNAVAILABLE:
+                moved = 0
+                await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("retry scheduler failed; retrying")
+                moved = 0
+                await asyncio.sleep(1.0)
+            if moved < 1000:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), RETRY_POLL_SECONDS)
+
+
+def install(app: web.Application) -> None:
+    """Run a WorkerGroup for the lifetime of `app` (used by `serve`)."""
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        group = WorkerGroup(
+            settings=app[SETTINGS], catalog=app[CATALOG], store=app[SUBSCRIBERS],
+            ledger=app[LEDGER], metrics=app[METRICS],
+        )
+        await group.start()
+        yield
+        await group.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+
+
+async def run_forever(group: WorkerGroup) -> None:
+    """Run `group` until SIGTERM or SIGINT, then drain it (used by `worker`)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await group.start()
+    await stop.wait()
+    log.info("draining: finishing attempts in flight")
+    await group.stop()
+

@@ -1,0 +1,44 @@
+"""Why a subscriber would, or would not, receive an event: the routing rule, spelled out.
+
+An operator asks this when a receiver says it never got an event. The verdict is computed
+by the same rule the router applies (`subscriptions.models.entitlement_refusals`), so it
+cannot disagree with what the router does.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from subscriptions.catalog import Catalog
+from subscriptions.models import Subscriber, entitlement_refusal, entitlement_refusals
+
+
+class Verdict(BaseModel):
+    """Whether one subscriber is entitled to one event, and every reason it is not."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subscriber_id: str
+    event: str = Field(description="The event name, after resolving payload-type aliases")
+    required_scope: str | None = Field(description="The scope the event needs; null if unknown")
+    entitled: bool
+    reasons: list[str] = Field(description="Every reason the event would not be delivered")
+
+
+def explain(
+    subscriber: Subscriber,
+    event: str,
+    location_id: str | None,
+    company_id: str | None,
+    catalog: Catalog,
+) -> Verdict:
+    """The verdict for `event` (an event name or a payload `type` alias) of this tenant."""
+    name = catalog.event_for_payload_type(event)
+    reasons = entitlement_refusals(subscriber, name, location_id, company_id, catalog)
+    return Verdict(
+        subscriber_id=subscriber.id,
+        event=name,
+        required_scope=catalog.required_scope(name),
+        entitled=entitlement_refusal(subscriber, name, location_id, company_id, catalog) is None,
+        reasons=reasons,
+    )

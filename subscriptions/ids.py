@@ -1,0 +1,52 @@
+"""Prefixed, time-ordered identifiers (`sub_`, `evt_`, `dlv_`, `key_`) and RFC 3339 times.
+
+Ids sort lexicographically by creation time (48-bit milliseconds, then 80 random bits, in
+Crockford base32, like a ULID), which is what cursor pagination over a sorted set relies on.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str, now_ms: int | None = None) -> str:
+    """A new id `<prefix>_<26 chars>`, later ids sorting after earlier ones (ms resolution)."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return f"{prefix}_{_encode((ms << 80) | secrets.randbits(80))}"
+
+
+def _encode(value: int) -> str:
+    chars = []
+    for _ in range(26):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def rfc3339(ms: int | float) -> str:
+    """Milliseconds since the epoch as RFC 3339 UTC with millisecond precision."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_rfc3339(text: str) -> int:
+    """RFC 3339 (or ISO 8601 with an offset or `Z`) to milliseconds since the epoch.
+
+    Raises ValueError if the text is not such a time.
+    """
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def id_floor(prefix: str, ms: int) -> str:
+    """The smallest id `new_id(prefix)` can produce at time `ms`: ids below it are older."""
+    return f"{prefix}_{_encode(ms << 80)}"

@@ -1,0 +1,128 @@
+"""Every Redis key the project uses, and nothing else: no key is spelled anywhere but here.
+
+All keys of one deployment share the hash tag `{<prefix>}`, so every multi-key transaction and
+Lua script touches a single hash slot and the same code runs on Redis Cluster. (The price is
+that one deployment's keys live on one cluster node; the prefix is how tenants of one cluster
+are split.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+class Keys:
+    """Key names under one prefix (`ROUTER_KEY_PREFIX`, `wr` by default)."""
+
+    def __init__(self, prefix: str = "wr") -> None:
+        self.prefix = prefix
+        self._p = "{" + prefix + "}"
+
+    def pattern(self) -> str:
+        """A SCAN/KEYS pattern matching every key of this prefix (tests clean up with it)."""
+        return self._p.replace("{", "\\{").replace("}", "\\}") + ":*"
+
+    # --- subscribers and grants (subscriptions.store) ---
+    @property
+    def subscribers(self) -> str:
+        """Hash: subscriber id -> subscriber JSON."""
+        return f"{self._p}:subscribers"
+
+    @property
+    def subscriber_ids(self) -> str:
+        """Sorted set (all scores 0): subscriber ids in id order, for cursor pagination."""
+        return f"{self._p}:subscribers:ids"
+
+    @property
+    def subscribers_version(self) -> str:
+        """Counter bumped by every subscriber change, so readers may cache snapshots."""
+        return f"{self._p}:subscribers:version"
+
+    def scope_holders(self, scope: str) -> str:
+        """Set: ids of the subscribers holding `scope` (the entitlement index)."""
+        return f"{self._p}:scope:{scope}"
+
+    # --- operator API keys (router.auth) ---
+    @property
+    def api_keys(self) -> str:
+        """Hash: api key id -> key JSON (name, current scopes; never a token)."""
+        return f"{self._p}:api-keys"
+
+    @property
+    def api_key_ids(self) -> str:
+        """Sorted set (all scores 0): api key ids, for cursor pagination."""
+        return f"{self._p}:api-keys:ids"
+
+    def token(self, token_hash: str) -> str:
+        """String: JSON of the key id and the scopes this token was issued with."""
+        return f"{self._p}:token:{token_hash}"
+
+    # --- events (router.ingest, router.ledger) ---
+    @property
+    def events_stream(self) -> str:
+        """Stream of accepted events awaiting dispatch (consumer group `dispatch`)."""
+        return f"{self._p}:events"
+
+    def event(self, event_id: str) -> str:
+        """Hash: the stored event (raw body and routing fields)."""
+        return f"{self._p}:event:{event_id}"
+
+    def event_deliveries(self, event_id: str) -> str:
+        """Sorted set (all scores 0): the delivery ids made for one event."""
+        return f"{self._p}:event:{event_id}:deliveries"
+
+    def dedupe(self, webhook_id: str) -> str:
+        """String: the event id first accepted with this webhook id (expires with the window)."""
+        digest = hashlib.sha256(webhook_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"{self._p}:dedupe:{digest}"
+
+    @property
+    def stats(self) -> str:
+        """Hash of counters that must survive restarts (unroutable events, ...)."""
+        return f"{self._p}:stats"
+
+    # --- deliveries (router.dispatch, router.delivery, router.ledger) ---
+    def delivery(self, delivery_id: str) -> str:
+        """Hash: one delivery's state."""
+        return f"{self._p}:delivery:{delivery_id}"
+
+    def delivery_attempts(self, delivery_id: str) -> str:
+        """List: JSON of every attempt of one delivery, oldest first."""
+        return f"{self._p}:delivery:{delivery_id}:attempts"
+
+    @property
+    def deliveries(self) -> str:
+        """Sorted set (all scores 0): every delivery id, in id (= event time) order."""
+        return f"{self._p}:deliveries"
+
+    def subscriber_deliveries(self, subscriber_id: str) -> str:
+        """Sorted set (all scores 0): one subscriber's delivery ids, in id order."""
+        return f"{self._p}:subscriber:{subscriber_id}:deliveries"
+
+    @property
+    def ready_stream(self) -> str:
+        """Stream of deliveries ready for an attempt (consumer group `deliver`)."""
+        return f"{self._p}:ready"
+
+    @property
+    def retry_schedule(self) -> str:
+        """Sorted set: delivery ids waiting for a later attempt, scored by due time (ms)."""
+        return f"{self._p}:retry"
+
+    @property
+    def dead(self) -> str:
+        """Sorted set (all scores 0): dead delivery ids in id order."""
+        return f"{self._p}:dead"
+
+    def breaker(self, subscriber_id: str) -> str:
+        """Hash: a subscriber's consecutive failures and breaker state."""
+        return f"{self._p}:breaker:{subscriber_id}"
+
+    @property
+    def open_breakers(self) -> str:
+        """Set: subscribers whose breaker is open."""
+        return f"{self._p}:breakers:open"
+
+    def probe_lock(self, subscriber_id: str) -> str:
+        """String with TTL: held while one probe attempt to an open-breaker subscriber runs."""
+        return f"{self._p}:breaker:{subscriber_id}:probe"

@@ -1,0 +1,81 @@
+"""Shared fixtures: a Redis that is fakeredis, and also a real server when REDIS_URL is set.
+
+Every test that takes `redis` (directly or through `app`/`client`) runs once per store, so
+the same suite passes on both. Each test gets its own key prefix and deletes its keys after,
+so tests (and people) sharing one real Redis never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import fakeredis
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from router.app import create_app
+from router.settings import Settings
+from subscriptions.keys import Keys
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+REAL_REDIS_URL = os.environ.get("REDIS_URL")
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+async def redis(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Redis]:
+    if request.param == "fakeredis":
+        client: Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        yield client
+        await client.aclose()
+        return
+    if not REAL_REDIS_URL:
+        pytest.skip("REDIS_URL is not set: real-Redis variant skipped")
+    client = Redis.from_url(REAL_REDIS_URL)
+    try:
+        yield client
+    finally:
+        async for key in client.scan_iter(match=Keys(key_prefix).pattern(), count=1000):
+            await client.delete(key)
+        await client.aclose()
+
+
+def make_settings(key_prefix: str, **overrides: object) -> Settings:
+    """Test settings, validated but not read from the environment (model_validate skips it)."""
+    values: dict[str, object] = {
+        "redis_url": None,
+        "admin_token": ADMIN_TOKEN,
+        "key_prefix": key_prefix,
+        "allow_private_targets": True,  # test receivers listen on 127.0.0.1
+        "log_format": "text",
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+def settings(key_prefix: str) -> Settings:
+    return make_settings(key_prefix)
+
+
+@pytest.fixture
+def app(settings: Settings, redis: Redis) -> web.Application:
+    return create_app(settings, redis=redis)
+
+
+@pytest.fixture
+async def client(aiohttp_client, app: web.Application) -> TestClient:
+    return await aiohttp_client(app)
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
