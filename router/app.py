@@ -63,7 +63,10 @@ def create_app(
     app[SUBSCRIBERS] = SubscriberStore(client, keys, catalog)
     app[KEYRING] = Keyring(client, keys)
     app[LEDGER] = Ledger(
-        client, keys, retention=settings.retention, dedupe_window=settings.dedupe_window,
+        client,
+        keys,
+        retention=settings.retention,
+        dedupe_window=settings.dedupe_window,
         max_backlog=settings.max_backlog,
     )
     app[METRICS] = Metrics()

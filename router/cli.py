@@ -11,8 +11,9 @@ from subscriptions.catalog import CatalogError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    settings_help = "\n".join(f"  {name:<32} default: {default}" for name, default, _ in
-                              settings_table())
+    settings_help = "\n".join(
+        f"  {name:<32} default: {default}" for name, default, _ in settings_table()
+    )
     parser = argparse.ArgumentParser(
         prog="webhook-router",
         description="A scope-aware webhook router: accepts the platform's webhook events and "

@@ -14,6 +14,7 @@ that is deferred, so one slow subscriber never occupies the capacity others need
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict, deque
@@ -159,10 +160,8 @@ class DeliveryWorker:
             free = self.capacity - self._load
             if free <= 0:
                 self._capacity_freed.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._capacity_freed.wait(), 1.0)
-                except TimeoutError:
-                    pass
                 continue
             try:
                 if time.monotonic() >= next_claim:
@@ -198,8 +197,9 @@ class DeliveryWorker:
             try:
                 await self.ledger.hand_back(waiting)
             except UNAVAILABLE:
-                log.warning("could not hand back %d deliveries; they will be reclaimed",
-                            len(waiting))
+                log.warning(
+                    "could not hand back %d deliveries; they will be reclaimed", len(waiting)
+                )
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
@@ -235,8 +235,7 @@ class DeliveryWorker:
         except UNAVAILABLE:
             log.warning("Redis unavailable during %s; it will be reclaimed", item.delivery_id)
         except Exception:
-            log.exception("delivery %s failed unexpectedly; it will be reclaimed",
-                          item.delivery_id)
+            log.exception("delivery %s failed unexpectedly; it will be reclaimed", item.delivery_id)
         finally:
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._inflight[sub] -= 1
@@ -307,11 +306,19 @@ class DeliveryWorker:
         number = int(delivery.get("attempts", 0)) + 1
         now = now_ms()
         headers = delivery_headers(
-            item.delivery_id, now // 1000, event["body"], sub.signing_secrets(now),
-            event["event"], number, item.event_id,
+            item.delivery_id,
+            now // 1000,
+            event["body"],
+            sub.signing_secrets(now),
+            event["event"],
+            number,
+            item.event_id,
         )
         result = await post_event(
-            self.session, sub.url, event["body"], headers,
+            self.session,
+            sub.url,
+            event["body"],
+            headers,
             allow_private=self.settings.allow_private_targets,
             timeout=self.settings.delivery_timeout,
         )
@@ -341,8 +348,9 @@ class DeliveryWorker:
         if result.status_code == 410:
             reason = "receiver answered 410 Gone; subscriber disabled"
             fields["reason"] = reason
-            await self.ledger.finish(item, status=DeliveryStatus.dead, attempt=record,
-                                     fields=fields)
+            await self.ledger.finish(
+                item, status=DeliveryStatus.dead, attempt=record, fields=fields
+            )
             await self.store.set_status(sub.id, SubscriberStatus.disabled, reason)
             self.metrics.deliveries.labels(outcome="dead").inc()
             log.warning("subscriber %s answered 410 Gone: disabled", sub.id)
@@ -365,7 +373,11 @@ class DeliveryWorker:
         due = now_ms() + int(delay * 1000)
         fields["next_attempt_at"] = due
         await self.ledger.finish(
-            item, status=DeliveryStatus.failed, attempt=record, fields=fields, retry_at=due,
+            item,
+            status=DeliveryStatus.failed,
+            attempt=record,
+            fields=fields,
+            retry_at=due,
             **breaker_args,
         )
         self.metrics.deliveries.labels(outcome="failed").inc()

@@ -123,9 +123,7 @@ def _optional_str(payload: dict[str, Any], field: str) -> str | None:
 def _check_content_type(request: web.Request) -> None:
     ctype = request.content_type.lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
-        raise ApiError(
-            415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json"
-        )
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json")
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -149,7 +147,9 @@ async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
         raise validation_failed([("type", "a string `type` naming the event is required")])
     if path_event is None and not payload_type:
         raise validation_failed([("type", "must not be empty")])
-    if verifier is not None and (reason := timestamp_refusal(payload, settings.timestamp_tolerance)):
+    if verifier is not None and (
+        reason := timestamp_refusal(payload, settings.timestamp_tolerance)
+    ):
         app[METRICS].events_refused.labels(reason="timestamp").inc()
         raise ApiError(401, "UNAUTHENTICATED", reason)
     catalog = app[CATALOG]
@@ -181,9 +181,7 @@ async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
         ) from None
     app[METRICS].events_received.labels(event=event_name, status=status.value).inc()
     body = Accepted(event_id=event_id, type=event_name, status=status)
-    return web.Response(
-        status=202, body=body.model_dump_json(), content_type="application/json"
-    )
+    return web.Response(status=202, body=body.model_dump_json(), content_type="application/json")
 
 
 _INGEST_ERRORS = (400, 401, 413, 415, 422, 429)

@@ -170,8 +170,9 @@ def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:
 class Ledger:
     """All reads and writes of events and deliveries."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, retention: int, dedupe_window: int,
-                 max_backlog: int) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, retention: int, dedupe_window: int, max_backlog: int
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.retention = retention
@@ -189,11 +190,18 @@ class Ledger:
         await self._accept(
             keys=[k.event(event.event_id), k.events_stream, dedupe_key, k.stats],
             args=[
-                event.event_id, event.body, event.event, event.payload_type,
-                event.location_id or "", event.company_id or "", event.webhook_id or "",
+                event.event_id,
+                event.body,
+                event.event,
+                event.payload_type,
+                event.location_id or "",
+                event.company_id or "",
+                event.webhook_id or "",
                 event.received_at,
                 EventStatus.accepted if event.routable else EventStatus.unroutable,
-                self.retention, self.dedupe_window, self.max_backlog,
+                self.retention,
+                self.dedupe_window,
+                self.max_backlog,
                 "1" if event.webhook_id else "0",
             ],
             client=pipe,
@@ -262,9 +270,7 @@ class Ledger:
         return out
 
     # ---------------------------------------------------------------- dispatch
-    async def read_events(
-        self, consumer: str, count: int, block_ms: int
-    ) -> list[tuple[str, str]]:
+    async def read_events(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, str]]:
         """New (entry id, event id) pairs for this dispatcher."""
         raw = await self._read(self.keys.events_stream, DISPATCH_GROUP, consumer, count, block_ms)
         return [(entry, value.decode()) for entry, value in raw]
@@ -290,7 +296,11 @@ class Ledger:
                 out.append(None)
             else:
                 out.append(
-                    {"event": event.decode(), "location_id": _s(location), "company_id": _s(company)}
+                    {
+                        "event": event.decode(),
+                        "location_id": _s(location),
+                        "company_id": _s(company),
+                    }
                 )
         return out
 
@@ -309,7 +319,12 @@ class Ledger:
         now = now_ms()
         keys = [k.events_stream, k.ready_stream, k.deliveries, k.event_deliveries(event_id)]
         args: list[str | int] = [
-            DISPATCH_GROUP, entry_id, event_id, event, now, self.retention,
+            DISPATCH_GROUP,
+            entry_id,
+            event_id,
+            event,
+            now,
+            self.retention,
             id_floor("dlv", now - self.retention * 1000),
         ]
         for sub in subscriber_ids:
@@ -330,8 +345,9 @@ class Ledger:
         raw = await self._claim(self.keys.ready_stream, DELIVER_GROUP, consumer, min_idle_ms, count)
         return [WorkItem.parse(entry, member) for entry, member in raw]
 
-    async def attempt_context(self, item: WorkItem) -> tuple[dict[str, str], dict[str, Any],
-                                                             bytes | None, dict[str, str]]:
+    async def attempt_context(
+        self, item: WorkItem
+    ) -> tuple[dict[str, str], dict[str, Any], bytes | None, dict[str, str]]:
         """Everything one attempt needs, in one round trip: the delivery, the event (raw body
         included), the subscriber's JSON and its breaker state. Empty dicts for missing ones."""
         k = self.keys
@@ -500,8 +516,12 @@ class Ledger:
                 member = f"{row['id']} {row['subscriber_id']} {row['event_id']}"
                 pipe.hset(
                     k.delivery(row["id"]),
-                    mapping={"status": DeliveryStatus.pending.value, "schedule_index": 0,
-                             "updated_at": now, "reason": ""},
+                    mapping={
+                        "status": DeliveryStatus.pending.value,
+                        "schedule_index": 0,
+                        "updated_at": now,
+                        "reason": "",
+                    },
                 )
                 pipe.zrem(k.dead, row["id"])
                 pipe.zadd(k.retry_schedule, {member: now})
@@ -519,8 +539,13 @@ class Ledger:
             pipe.xlen(k.events_stream)
             pipe.scard(k.open_breakers)
             ready, retry, dead, backlog, breakers = await pipe.execute()
-        return {"ready": ready, "retry": retry, "dead": dead, "dispatch": backlog,
-                "open_breakers": breakers}
+        return {
+            "ready": ready,
+            "retry": retry,
+            "dead": dead,
+            "dispatch": backlog,
+            "open_breakers": breakers,
+        }
 
     async def trim(self) -> None:
         """Forget index entries of deliveries older than the retention (records expired)."""

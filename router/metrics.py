@@ -26,23 +26,31 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.events_received = Counter(
-            "router_events_received", "Events answered 202, by event and status",
-            ["event", "status"], registry=r,
+            "router_events_received",
+            "Events answered 202, by event and status",
+            ["event", "status"],
+            registry=r,
         )
         self.events_refused = Counter(
             "router_events_refused", "Events not accepted, by reason", ["reason"], registry=r
         )
         self.deliveries = Counter(
-            "router_deliveries", "Delivery outcomes (attempt results and final states)",
-            ["outcome"], registry=r,
+            "router_deliveries",
+            "Delivery outcomes (attempt results and final states)",
+            ["outcome"],
+            registry=r,
         )
         self.attempt_seconds = Histogram(
-            "router_attempt_duration_seconds", "Time one delivery attempt took",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "router_attempt_duration_seconds",
+            "Time one delivery attempt took",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.end_to_end_seconds = Histogram(
-            "router_delivery_latency_seconds", "From event accepted to delivered",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "router_delivery_latency_seconds",
+            "From event accepted to delivered",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge(
             "router_queue_depth", "Items waiting, by queue", ["queue"], registry=r

@@ -27,7 +27,12 @@ def signature_header(msg_id: str, timestamp: int, body: bytes, secrets: list[str
 
 
 def delivery_headers(
-    msg_id: str, timestamp: int, body: bytes, secrets: list[str], event: str, attempt: int,
+    msg_id: str,
+    timestamp: int,
+    body: bytes,
+    secrets: list[str],
+    event: str,
+    attempt: int,
     event_id: str,
 ) -> dict[str, str]:
     """Every header of one delivery attempt. `msg_id` must be stable across attempts."""

@@ -57,7 +57,11 @@ class WorkerGroup:
         consumer = consumer_name()
         self.dispatcher = Dispatcher(ledger, store, metrics, consumer, settings.reclaim_after)
         self.worker = DeliveryWorker(
-            ledger=ledger, store=store, catalog=catalog, settings=settings, metrics=metrics,
+            ledger=ledger,
+            store=store,
+            catalog=catalog,
+            settings=settings,
+            metrics=metrics,
             consumer=consumer,
         )
         self._stopping = asyncio.Event()
@@ -81,9 +85,7 @@ class WorkerGroup:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _supervise(
-        self, name: str, loop: Callable[[asyncio.Event], Awaitable[None]]
-    ) -> None:
+    async def _supervise(self, name: str, loop: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         """Run one loop; an unexpected crash is logged and the loop restarted."""
         while not self._stopping.is_set():
             try:
@@ -132,8 +134,11 @@ def install(app: web.Application) -> None:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         group = WorkerGroup(
-            settings=app[SETTINGS], catalog=app[CATALOG], store=app[SUBSCRIBERS],
-            ledger=app[LEDGER], metrics=app[METRICS],
+            settings=app[SETTINGS],
+            catalog=app[CATALOG],
+            store=app[SUBSCRIBERS],
+            ledger=app[LEDGER],
+            metrics=app[METRICS],
         )
         await group.start()
         yield
@@ -152,4 +157,3 @@ async def run_forever(group: WorkerGroup) -> None:
     await stop.wait()
     log.info("draining: finishing attempts in flight")
     await group.stop()
-

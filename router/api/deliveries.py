@@ -200,10 +200,7 @@ async def replay(request: web.Request, body: ReplayRequest) -> Requeued:
             break
         cursor = ids[-1]
         chosen = [
-            row["id"]
-            for row in await ledger.deliveries(ids)
-            if row["status"] == body.status.value
+            row["id"] for row in await ledger.deliveries(ids) if row["status"] == body.status.value
         ]
         requeued += await ledger.requeue(chosen)
     return Requeued(requeued=requeued)
-

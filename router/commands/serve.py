@@ -102,8 +102,10 @@ def worker_command(args: argparse.Namespace) -> int:
 
     settings = _prepare({})
     if settings.embedded:
-        print("error: REDIS_URL: required by `worker` (the embedded store is per process)",
-              file=sys.stderr)
+        print(
+            "error: REDIS_URL: required by `worker` (the embedded store is per process)",
+            file=sys.stderr,
+        )
         return 2
     _use_uvloop()
 
@@ -115,8 +117,13 @@ def worker_command(args: argparse.Namespace) -> int:
             settings=settings,
             catalog=catalog,
             store=SubscriberStore(redis, keys, catalog),
-            ledger=Ledger(redis, keys, retention=settings.retention,
-                          dedupe_window=settings.dedupe_window, max_backlog=settings.max_backlog),
+            ledger=Ledger(
+                redis,
+                keys,
+                retention=settings.retention,
+                dedupe_window=settings.dedupe_window,
+                max_backlog=settings.max_backlog,
+            ),
             metrics=Metrics(),
         )
         try:
