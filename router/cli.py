@@ -12,7 +12,8 @@ from subscriptions.catalog import CatalogError
 
 def build_parser() -> argparse.ArgumentParser:
     settings_help = "\n".join(
-        f"  {name:<32} default: {default}" for name, default, _ in settings_table()
+        f"  {name:<30} {meaning} (default: {default})"
+        for name, default, meaning in settings_table()
     )
     parser = argparse.ArgumentParser(
         prog="webhook-router",

@@ -30,8 +30,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "redis_url"),
         description="Redis to use; unset runs on an embedded in-memory store.",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="Address `serve` listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port `serve` listens on.")
     admin_token: SecretStr | None = Field(
         default=None, description="Bootstrap operator token with every scope."
     )
@@ -43,29 +43,75 @@ class Settings(BaseSettings):
     catalog_overlay: Path | None = Field(
         default=None, description="Extra event -> scope mappings and aliases."
     )
-    verify: Literal["off", "highlevel", "standard"] = "off"
-    highlevel_ed25519_key: str | None = None
-    highlevel_rsa_key: str | None = None
-    ingest_secret: SecretStr | None = None
-    max_body_bytes: int = Field(default=1_048_576, gt=0)
-    dedupe_window: int = Field(default=86_400, gt=0)
-    retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
-    delivery_timeout: float = Field(default=10.0, gt=0)
-    subscriber_concurrency: int = Field(default=10, gt=0)
-    breaker_threshold: int = Field(default=20, gt=0)
-    allow_private_targets: bool = False
-    retention: int = Field(default=604_800, gt=0)
-    log_format: Literal["json", "text"] | None = None
+    verify: Literal["off", "highlevel", "standard"] = Field(
+        default="off", description="Incoming verification: off, highlevel or standard."
+    )
+    highlevel_ed25519_key: str | None = Field(
+        default=None, description="PEM (or path) of the platform's Ed25519 key (x-ghl-signature)."
+    )
+    highlevel_rsa_key: str | None = Field(
+        default=None,
+        description="PEM (or path) of the RSA key for x-wh-signature; unset: the published key.",
+    )
+    ingest_secret: SecretStr | None = Field(
+        default=None, description="whsec_ secret for ROUTER_VERIFY=standard."
+    )
+    max_body_bytes: int = Field(default=1_048_576, gt=0, description="Largest accepted body.")
+    dedupe_window: int = Field(
+        default=86_400, gt=0, description="Seconds a webhookId is remembered."
+    )
+    retry_schedule: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=DEFAULT_RETRY_SCHEDULE,
+        description="Seconds between attempts, comma-separated; its length + 1 attempts.",
+    )
+    delivery_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds one delivery attempt may take."
+    )
+    subscriber_concurrency: int = Field(
+        default=10, gt=0, description="Attempts in flight to one subscriber, per worker."
+    )
+    breaker_threshold: int = Field(
+        default=20, gt=0, description="Consecutive failures that open a subscriber's breaker."
+    )
+    allow_private_targets: bool = Field(
+        default=False, description="Allow subscriber URLs on loopback/private addresses."
+    )
+    retention: int = Field(
+        default=604_800, gt=0, description="Seconds events and delivery records are kept."
+    )
+    log_format: Literal["json", "text"] | None = Field(
+        default=None, description="json or text; unset: text on a terminal, else json."
+    )
 
     # Beyond DESIGN.md's table: tuning knobs with safe defaults.
-    key_prefix: str = Field(default="wr", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    timestamp_tolerance: int = Field(default=300, gt=0)
-    max_backlog: int = Field(default=1_000_000, gt=0)
-    secret_grace: int = Field(default=86_400, ge=0)
-    worker_concurrency: int = Field(default=256, gt=0)
-    breaker_probe_interval: float = Field(default=30.0, gt=0)
-    reclaim_after: float = Field(default=60.0, gt=0)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    key_prefix: str = Field(
+        default="wr",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Prefix (and cluster hash tag) of every Redis key.",
+    )
+    timestamp_tolerance: int = Field(
+        default=300, gt=0, description="Replay window (s) for a payload timestamp when verifying."
+    )
+    max_backlog: int = Field(
+        default=1_000_000, gt=0, description="Undispatched events over which ingest answers 429."
+    )
+    secret_grace: int = Field(
+        default=86_400, ge=0, description="Seconds a rotated-out secret still signs."
+    )
+    worker_concurrency: int = Field(
+        default=256, gt=0, description="Attempts in flight per worker process."
+    )
+    breaker_probe_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between probes of an open breaker."
+    )
+    reclaim_after: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds before a dead process's unfinished work is taken over.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="debug, info, warning or error."
+    )
 
     @field_validator("retry_schedule", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.context import CATALOG
-from router.errors import not_found
+from router.errors import ApiError, not_found
 from router.operations import Resource
 from subscriptions.catalog import CatalogData
 
@@ -53,7 +53,7 @@ async def get_event_scope(request: web.Request) -> EventScope:
     name = catalog.event_for_payload_type(request.match_info["event"])
     scope = catalog.required_scope(name)
     if scope is None:
-        raise not_found(f"Event {name!r} (it has no scope in the catalog)")
+        raise ApiError(404, "NOT_FOUND", f"Event {name!r} has no scope in the catalog")
     return EventScope(event=name, scope=scope, access=catalog.access(scope))
 
 
