@@ -179,7 +179,10 @@ async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
         raise too_many_requests(
             "Event store unavailable; retry later", REDIS_DOWN_RETRY_AFTER
         ) from None
-    app[METRICS].events_received.labels(event=event_name, status=status.value).inc()
+    # Only catalog events become label values: arbitrary `type` strings must not be able to
+    # create unbounded metric series.
+    label = event_name if incoming.routable else "unroutable"
+    app[METRICS].events_received.labels(event=label, status=status.value).inc()
     body = Accepted(event_id=event_id, type=event_name, status=status)
     return web.Response(status=202, body=body.model_dump_json(), content_type="application/json")
 
