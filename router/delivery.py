@@ -38,6 +38,8 @@ from subscriptions.store import SubscriberStore
 
 log = logging.getLogger("router.delivery")
 
+CLAIM_CHECK_SECONDS = 2.0  # how often to look for work left by dead or stalled workers
+
 RESPONSE_BODY_LIMIT = 4096
 DEFER_WHEN_SATURATED_MS = 1000
 
@@ -165,7 +167,9 @@ class DeliveryWorker:
                 continue
             try:
                 if time.monotonic() >= next_claim:
-                    next_claim = time.monotonic() + self.reclaim_after_ms / 4000
+                    next_claim = time.monotonic() + min(
+                        self.reclaim_after_ms / 4000, CLAIM_CHECK_SECONDS
+                    )
                     items = await self.ledger.claim_stale_ready(
                         self.consumer, self.reclaim_after_ms, min(free, 100)
                     )

@@ -23,6 +23,8 @@ from subscriptions.store import SubscriberStore
 
 log = logging.getLogger("router.dispatch")
 
+CLAIM_CHECK_SECONDS = 2.0  # how often to look for work left by dead or stalled dispatchers
+
 RoutingKey = tuple[str, str | None, str | None]
 
 
@@ -76,7 +78,9 @@ class Dispatcher:
         while not stopping.is_set():
             try:
                 if time.monotonic() >= next_claim:
-                    next_claim = time.monotonic() + self.reclaim_after_ms / 4000
+                    next_claim = time.monotonic() + min(
+                        self.reclaim_after_ms / 4000, CLAIM_CHECK_SECONDS
+                    )
                     batch = await self.ledger.claim_stale_events(
                         self.consumer, self.reclaim_after_ms, self.batch_size
                     )

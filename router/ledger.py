@@ -31,6 +31,7 @@ from subscriptions.keys import Keys
 
 DISPATCH_GROUP = "dispatch"
 DELIVER_GROUP = "deliver"
+STALE_CONSUMER_MS = 3_600_000
 
 
 class EventStatus(StrEnum):
@@ -269,6 +270,50 @@ class Ledger:
                 await self.redis.xack(stream, group, entry_id)
         return out
 
+    async def beat(self, consumer: str, ttl_ms: int) -> None:
+        """Say that `consumer` is alive for the next `ttl_ms`."""
+        await self.redis.set(self.keys.consumer_heartbeat(consumer), b"1", px=ttl_ms)
+
+    async def forget(self, consumer: str) -> None:
+        """Say that `consumer` is gone: whatever it still holds is taken over at once."""
+        await self.redis.delete(self.keys.consumer_heartbeat(consumer))
+
+    async def _claim_from_dead(
+        self, stream: str, group: str, consumer: str, count: int
+    ) -> list[tuple[str, bytes]]:
+        """Take over entries pending with consumers whose heartbeat has expired (a killed
+        process), without waiting for them to look idle; forget those consumers once empty."""
+        summary = await self.redis.xpending(stream, group)
+        owners = [
+            (c["name"].decode() if isinstance(c["name"], bytes) else c["name"])
+            for c in summary.get("consumers") or []
+        ]
+        others = [name for name in owners if name != consumer]
+        if not others:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in others:
+                pipe.exists(self.keys.consumer_heartbeat(name))
+            alive = await pipe.execute()
+        out: list[tuple[str, bytes]] = []
+        for name, is_alive in zip(others, alive, strict=True):
+            if is_alive or len(out) >= count:
+                continue
+            pending = await self.redis.xpending_range(
+                stream, group, min="-", max="+", count=count - len(out), consumername=name
+            )
+            ids = [p["message_id"] for p in pending]
+            if ids:
+                claimed = await self.redis.xclaim(stream, group, consumer, 0, ids)
+                for entry_id, fields in claimed:
+                    if fields:
+                        out.append((entry_id.decode(), next(iter(fields.values()))))
+                    else:
+                        await self.redis.xack(stream, group, entry_id)
+            if len(ids) < count:
+                await self.redis.xgroup_delconsumer(stream, group, name)
+        return out
+
     # ---------------------------------------------------------------- dispatch
     async def read_events(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, str]]:
         """New (entry id, event id) pairs for this dispatcher."""
@@ -278,10 +323,13 @@ class Ledger:
     async def claim_stale_events(
         self, consumer: str, min_idle_ms: int, count: int = 100
     ) -> list[tuple[str, str]]:
-        """Events another dispatcher took but did not finish within `min_idle_ms`."""
-        raw = await self._claim(
-            self.keys.events_stream, DISPATCH_GROUP, consumer, min_idle_ms, count
-        )
+        """Events another dispatcher took but will not finish: it died (its heartbeat
+        expired), or it has held them longer than `min_idle_ms`."""
+        raw = await self._claim_from_dead(self.keys.events_stream, DISPATCH_GROUP, consumer, count)
+        if not raw:
+            raw = await self._claim(
+                self.keys.events_stream, DISPATCH_GROUP, consumer, min_idle_ms, count
+            )
         return [(entry, value.decode()) for entry, value in raw]
 
     async def routing_fields(self, event_ids: Sequence[str]) -> list[dict[str, str | None] | None]:
@@ -341,8 +389,13 @@ class Ledger:
     async def claim_stale_ready(
         self, consumer: str, min_idle_ms: int, count: int = 100
     ) -> list[WorkItem]:
-        """Deliveries another worker took but neither finished nor handed back in time."""
-        raw = await self._claim(self.keys.ready_stream, DELIVER_GROUP, consumer, min_idle_ms, count)
+        """Deliveries another worker took but will not finish: it died (its heartbeat
+        expired), or it has held them longer than `min_idle_ms`."""
+        raw = await self._claim_from_dead(self.keys.ready_stream, DELIVER_GROUP, consumer, count)
+        if not raw:
+            raw = await self._claim(
+                self.keys.ready_stream, DELIVER_GROUP, consumer, min_idle_ms, count
+            )
         return [WorkItem.parse(entry, member) for entry, member in raw]
 
     async def attempt_context(
@@ -548,7 +601,16 @@ class Ledger:
         }
 
     async def trim(self) -> None:
-        """Forget index entries of deliveries older than the retention (records expired)."""
+        """Forget index entries of deliveries older than the retention (records expired), and
+        consumers of restarted processes that hold nothing (each start adds one)."""
         floor = id_floor("dlv", now_ms() - self.retention * 1000)
         await self.redis.zremrangebylex(self.keys.dead, "-", f"({floor}")
         await self.redis.zremrangebylex(self.keys.deliveries, "-", f"({floor}")
+        for stream, group in (
+            (self.keys.events_stream, DISPATCH_GROUP),
+            (self.keys.ready_stream, DELIVER_GROUP),
+        ):
+            for info in await self.redis.xinfo_consumers(stream, group):
+                name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+                if info["pending"] == 0 and info["idle"] > STALE_CONSUMER_MS:
+                    await self.redis.xgroup_delconsumer(stream, group, name)

@@ -32,6 +32,8 @@ log = logging.getLogger("router.workers")
 
 RETRY_POLL_SECONDS = 0.2
 TRIM_EVERY_SECONDS = 60.0
+HEARTBEAT_EVERY_SECONDS = 2.0
+HEARTBEAT_TTL_MS = 10_000  # a process silent this long is presumed dead; its work is taken over
 
 
 def consumer_name() -> str:
@@ -54,7 +56,7 @@ class WorkerGroup:
     ) -> None:
         self.settings = settings
         self.ledger = ledger
-        consumer = consumer_name()
+        self.consumer = consumer = consumer_name()
         self.dispatcher = Dispatcher(ledger, store, metrics, consumer, settings.reclaim_after)
         self.worker = DeliveryWorker(
             ledger=ledger,
@@ -70,6 +72,7 @@ class WorkerGroup:
     async def start(self) -> None:
         """Start the loops; a Redis that is down now is waited for in the background."""
         self._tasks = [
+            asyncio.create_task(self._heartbeat()),
             asyncio.create_task(self._supervise("dispatcher", self.dispatcher.run)),
             asyncio.create_task(self._supervise("worker", self.worker.run)),
             asyncio.create_task(self._schedule_retries()),
@@ -84,6 +87,16 @@ class WorkerGroup:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(*UNAVAILABLE):
+            await self.ledger.forget(self.consumer)
+
+    async def _heartbeat(self) -> None:
+        """Keep this process's consumer marked alive, so others leave its work alone."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(*UNAVAILABLE):
+                await self.ledger.beat(self.consumer, HEARTBEAT_TTL_MS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), HEARTBEAT_EVERY_SECONDS)
 
     async def _supervise(self, name: str, loop: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         """Run one loop; an unexpected crash is logged and the loop restarted."""

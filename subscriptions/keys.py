@@ -114,6 +114,10 @@ class Keys:
         """Sorted set (all scores 0): dead delivery ids in id order."""
         return f"{self._p}:dead"
 
+    def consumer_heartbeat(self, consumer: str) -> str:
+        """String with TTL: present while the process consuming as `consumer` is alive."""
+        return f"{self._p}:consumer:{consumer}"
+
     def breaker(self, subscriber_id: str) -> str:
         """Hash: a subscriber's consecutive failures and breaker state."""
         return f"{self._p}:breaker:{subscriber_id}"
