@@ -81,9 +81,11 @@ class WorkerGroup:
     async def stop(self) -> None:
         """Stop taking work, finish or hand back what is in flight, within the delivery
         timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.delivery_timeout
         self._stopping.set()
-        await asyncio.wait(self._tasks, timeout=2.0)
-        await self.worker.drain(self.settings.delivery_timeout)
+        await asyncio.wait(self._tasks, timeout=min(2.0, self.settings.delivery_timeout))
+        await self.worker.drain(max(0.0, deadline - loop.time()))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
