@@ -1,0 +1,69 @@
+"""Work a dead process had taken is taken over at once; a live one's is left alone."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from router.ledger import Ledger
+from subscriptions.keys import Keys
+
+
+def make_ledger(redis: Redis, key_prefix: str) -> Ledger:
+    return Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=1000)
+
+
+async def queue_ready(ledger: Ledger, n: int) -> None:
+    await ledger.ensure_groups()
+    for i in range(n):
+        await ledger.redis.xadd(ledger.keys.ready_stream, {"m": f"dlv_{i} sub_a evt_{i}"})
+
+
+async def test_entries_of_a_consumer_without_heartbeat_are_claimed_at_once(
+    redis: Redis, key_prefix: str
+) -> None:
+    ledger = make_ledger(redis, key_prefix)
+    await queue_ready(ledger, 3)
+    taken = await ledger.read_ready("killed", 10, 0)
+    assert len(taken) == 3
+
+    claimed = await ledger.claim_stale_ready("survivor", min_idle_ms=3_600_000)
+
+    assert sorted(i.delivery_id for i in claimed) == ["dlv_0", "dlv_1", "dlv_2"]
+
+
+async def test_entries_of_a_live_consumer_are_left_alone(redis: Redis, key_prefix: str) -> None:
+    ledger = make_ledger(redis, key_prefix)
+    await queue_ready(ledger, 2)
+    await ledger.beat("busy", 10_000)
+    await ledger.read_ready("busy", 10, 0)
+
+    claimed = await ledger.claim_stale_ready("other", min_idle_ms=3_600_000)
+
+    assert claimed == []
+
+
+async def test_a_consumer_that_says_it_is_gone_hands_its_work_over(
+    redis: Redis, key_prefix: str
+) -> None:
+    ledger = make_ledger(redis, key_prefix)
+    await queue_ready(ledger, 1)
+    await ledger.beat("draining", 10_000)
+    await ledger.read_ready("draining", 10, 0)
+    await ledger.forget("draining")
+
+    claimed = await ledger.claim_stale_ready("other", min_idle_ms=3_600_000)
+
+    assert [i.delivery_id for i in claimed] == ["dlv_0"]
+
+
+async def test_events_of_a_dead_dispatcher_are_claimed_at_once(
+    redis: Redis, key_prefix: str
+) -> None:
+    ledger = make_ledger(redis, key_prefix)
+    await ledger.ensure_groups()
+    await redis.xadd(ledger.keys.events_stream, {"e": "evt_1"})
+    await ledger.read_events("killed", 10, 0)
+
+    claimed = await ledger.claim_stale_events("survivor", min_idle_ms=3_600_000)
+
+    assert [event_id for _, event_id in claimed] == ["evt_1"]
