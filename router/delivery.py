@@ -30,7 +30,7 @@ from router.metrics import Metrics
 from router.retry import RetryPolicy, parse_retry_after
 from router.settings import Settings
 from router.signing import delivery_headers
-from router.ssrf import GuardedResolver, literal_host_refusal
+from router.ssrf import GuardedResolver, TargetRefused, literal_host_refusal
 from subscriptions.catalog import Catalog
 from subscriptions.ids import now_ms, rfc3339
 from subscriptions.models import Subscriber, SubscriberStatus, entitlement_refusal
@@ -116,6 +116,10 @@ async def post_event(
                 error = "redirects are not followed"
     except TimeoutError:
         error = f"timed out after {timeout:g}s"
+    except aiohttp.ClientConnectorError as exc:
+        # aiohttp wraps the SSRF guard's refusal; say what was refused, not "cannot connect".
+        refused = exc.os_error if isinstance(exc.os_error, TargetRefused) else None
+        error = refused.strerror if refused else f"{type(exc).__name__}: {exc}"
     except aiohttp.ClientError as exc:
         error = f"{type(exc).__name__}: {exc}"
     except OSError as exc:
@@ -238,8 +242,17 @@ class DeliveryWorker:
             await self.handle(item)
         except UNAVAILABLE:
             log.warning("Redis unavailable during %s; it will be reclaimed", item.delivery_id)
-        except Exception:
-            log.exception("delivery %s failed unexpectedly; it will be reclaimed", item.delivery_id)
+        except Exception as exc:
+            # A bug must not turn one delivery into a poison message reclaimed forever: it
+            # is dead-lettered with the reason, where an operator can see and replay it.
+            log.exception("delivery %s failed unexpectedly; dead-lettered", item.delivery_id)
+            with contextlib.suppress(Exception):
+                await self.ledger.finish(
+                    item,
+                    status=DeliveryStatus.dead,
+                    fields={"reason": f"internal error: {type(exc).__name__}"},
+                )
+                self.metrics.deliveries.labels(outcome="dead").inc()
         finally:
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._inflight[sub] -= 1

@@ -17,13 +17,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from router.connections import UNAVAILABLE
 from router.context import CATALOG, LEDGER, METRICS, SETTINGS, VERIFIER
 from router.errors import ApiError, bad_request, too_many_requests, validation_failed
 from router.ledger import EventStatus, IncomingEvent, Ledger, Overloaded
-from router.operations import Resource
+from router.operations import Resource, read_body
 from router.verification import timestamp_refusal
 from subscriptions.ids import new_id, now_ms
 
@@ -32,6 +32,22 @@ resource = Resource("ingest")
 
 REDIS_DOWN_RETRY_AFTER = 10
 OVERLOAD_RETRY_AFTER = 30
+
+
+class WebhookEvent(BaseModel):
+    """The platform's event: a JSON object whose `type` names the event (or an alias the
+    catalog maps). `locationId` and `companyId` (strings) select the tenant, `webhookId`
+    deduplicates, `timestamp` (RFC 3339) is checked when verifying. Documentation only: the
+    raw body is stored and delivered byte for byte."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(min_length=1, description="The event, e.g. ContactCreate")
+
+
+class NamedWebhookEvent(BaseModel):
+    """Any JSON object: the URL names the event (the payload's `type` may be SMS, Email...)."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 class Accepted(BaseModel):
@@ -100,43 +116,57 @@ class AcceptBatcher:
                 future.set_result(result)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _parse_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or 400. Strict: UTF-8 only (no encoded surrogates), no
+    NaN/Infinity — whatever is accepted here must be deliverable to every receiver."""
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        # orjson refuses some valid JSON (integers beyond 64 bits); the stdlib takes it,
-        # and its own limits (nesting depth) become a 400 like any other bad body.
+        # orjson refuses some valid JSON (integers beyond 64 bits, escaped lone surrogates);
+        # the stdlib takes those, and its own limits (nesting depth) become a 400.
         try:
-            payload = json.loads(raw)
+            payload = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except (ValueError, RecursionError):
-            raise bad_request("Body is not valid JSON") from None
+            raise bad_request("Body is not valid JSON (UTF-8)") from None
     if not isinstance(payload, dict):
         raise bad_request("Body must be a JSON object")
     return payload
 
 
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # an escaped lone surrogate
+        return False
+    return True
+
+
 def _optional_str(payload: dict[str, Any], field: str) -> str | None:
+    """A routing field: absent or non-string → None; a string Redis cannot store → 422."""
     value = payload.get(field)
-    return value if isinstance(value, str) and value else None
+    if not isinstance(value, str) or not value:
+        return None
+    if not _encodable(value):
+        raise validation_failed([(field, "must be valid Unicode text")])
+    return value
 
 
 def _check_content_type(request: web.Request) -> None:
-    ctype = request.content_type.lower()
+    # Parsed by hand: aiohttp's `request.content_type` raises on some malformed headers.
+    ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json")
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body is larger than {limit} bytes")
-    return await request.read()
 
 
 async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
     _check_content_type(request)
-    raw = await _read_body(request, settings.max_body_bytes)
+    raw = await read_body(request)
     verifier = app[VERIFIER]
     if verifier is not None and (reason := verifier.refusal(raw, request.headers)):
         app[METRICS].events_refused.labels(reason="signature").inc()
@@ -147,11 +177,15 @@ async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
         raise validation_failed([("type", "a string `type` naming the event is required")])
     if path_event is None and not payload_type:
         raise validation_failed([("type", "must not be empty")])
+    if isinstance(payload_type, str) and not _encodable(payload_type):
+        raise validation_failed([("type", "must be valid Unicode text")])
     if verifier is not None and (
         reason := timestamp_refusal(payload, settings.timestamp_tolerance)
     ):
         app[METRICS].events_refused.labels(reason="timestamp").inc()
         raise ApiError(401, "UNAUTHENTICATED", reason)
+    if path_event is not None and not _encodable(path_event):
+        raise validation_failed([("event_type", "must be valid Unicode text")])
     catalog = app[CATALOG]
     event_name = catalog.event_for_payload_type(path_event or payload_type)
     webhook_id = _optional_str(payload, "webhookId") or request.headers.get("webhook-id") or None
@@ -195,6 +229,7 @@ _INGEST_ERRORS = (400, 401, 413, 415, 422, 429)
     summary="Accept a platform webhook event (its `type` names the event)",
     scope=None,
     public_auth=True,
+    documented_body=WebhookEvent,
     response=Accepted,
     status=202,
     errors=_INGEST_ERRORS,
@@ -208,6 +243,7 @@ async def ingest(request: web.Request) -> web.Response:
     summary="Accept a platform webhook event whose name is given by the URL",
     scope=None,
     public_auth=True,
+    documented_body=NamedWebhookEvent,
     response=Accepted,
     status=202,
     errors=_INGEST_ERRORS,

@@ -557,9 +557,14 @@ class Ledger:
     async def requeue(self, delivery_ids: Sequence[str]) -> int:
         """Give each delivery a fresh round of the retry schedule, starting now.
 
-        Works on any state (an operator's retry or replay); returns how many were requeued.
+        Works on any state but `pending` (already queued or in flight: queueing it again
+        would run two attempts at once); returns how many were requeued.
         """
-        rows = await self.deliveries(delivery_ids)
+        rows = [
+            r
+            for r in await self.deliveries(delivery_ids)
+            if r["status"] != DeliveryStatus.pending.value
+        ]
         if not rows:
             return 0
         k = self.keys

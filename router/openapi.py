@@ -79,7 +79,7 @@ def _schemas(
     for op in operations:
         for model, mode in (
             (op.query, "validation"),
-            (op.body, "validation"),
+            (op.body or op.documented_body, "validation"),
             (op.response, "serialization"),
         ):
             if model is not None:
@@ -123,10 +123,11 @@ def _operation(
             parameters.append(parameter)
     if parameters:
         document["parameters"] = parameters
-    if op.body is not None:
+    body = op.body or op.documented_body
+    if body is not None:
         document["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
+            "content": {"application/json": {"schema": refs[(body, "validation")]}},
         }
     document["responses"] = _responses(op, refs)
     if op.scope is not None:
@@ -152,11 +153,12 @@ def _responses(
     else:
         responses[str(op.status)] = {"description": HTTPStatus(op.status).phrase}
     error = {"application/json": {"schema": refs[(ErrorEnvelope, "serialization")]}}
-    statuses = set(op.errors) | {500}
+    # 400 can come from any request (a malformed request line or header, before routing).
+    statuses = set(op.errors) | {400, 500}
     if op.scope is not None:
         statuses |= {401, 403}
-    if op.body is not None:
-        statuses.add(400)
+    if op.body is not None or op.documented_body is not None:
+        statuses |= {408, 413}
     for status, description in op.extra_responses.items():
         entry: dict[str, Any] = {"description": description}
         if status >= 400:

@@ -8,6 +8,7 @@ JSON themselves: they receive validated `body` / `query` models and return a mod
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from router.errors import bad_request
+from router.context import SETTINGS
+from router.errors import ApiError, bad_request
 
 HandlerFn = Callable[..., Awaitable[BaseModel | web.StreamResponse]]
 
@@ -39,6 +41,8 @@ class Operation:
     errors: tuple[int, ...] = ()
     public_auth: bool = False  # authenticated some other way (ingest signatures), not by token
     extra_responses: dict[int, str] = field(default_factory=dict)
+    # A body the handler reads itself (raw bytes kept), declared for the OpenAPI document only.
+    documented_body: type[BaseModel] | None = None
 
 
 def render(
@@ -53,9 +57,23 @@ def render(
     )
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The raw request body: 413 over `ROUTER_MAX_BODY_BYTES` (checked against Content-Length
+    before reading), 408 if the client trickles it slower than `ROUTER_CLIENT_TIMEOUT`."""
+    settings = request.app[SETTINGS]
+    limit = settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body is larger than {limit} bytes")
+    try:
+        async with asyncio.timeout(settings.client_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(408, "REQUEST_TIMEOUT", "Request body not received in time") from None
+
+
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object; empty means `{}`. 400 if it is not JSON."""
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         return {}
     try:
@@ -89,6 +107,7 @@ class Resource:
         errors: tuple[int, ...] = (),
         public_auth: bool = False,
         extra_responses: dict[int, str] | None = None,
+        documented_body: type[BaseModel] | None = None,
     ) -> Callable[[HandlerFn], web.Handler]:
         """Decorate `async def handler(request, *, body=..., query=...)`.
 
@@ -110,6 +129,7 @@ class Resource:
                 errors=errors,
                 public_auth=public_auth,
                 extra_responses=extra_responses or {},
+                documented_body=documented_body,
             )
 
             @functools.wraps(fn)

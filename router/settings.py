@@ -109,6 +109,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds before a dead process's unfinished work is taken over.",
     )
+    client_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds a client may take to send a body, or idle between requests.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="debug, info, warning or error."
     )

@@ -9,6 +9,7 @@ is re-pointed at an internal address after registration (DNS rebinding) is still
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 from urllib.parse import urlsplit
@@ -37,6 +38,9 @@ def address_refusal(address: str) -> str | None:
         ("multicast", ip.is_multicast),
         ("unspecified", ip.is_unspecified),
         ("reserved", ip.is_reserved),
+        # Catches what the names above miss, e.g. 100.64.0.0/10 (carrier-grade NAT, where
+        # some clouds put their metadata service).
+        ("non-global", not ip.is_global),
     )
     for label, hit in checks:
         if hit:
@@ -112,7 +116,7 @@ class GuardedResolver(AbstractResolver):
         allowed = [r for r in results if address_refusal(r["host"]) is None]
         if not allowed:
             reason = address_refusal(results[0]["host"]) if results else "no address"
-            raise TargetRefused(f"refused target {host}: {reason}")
+            raise TargetRefused(errno.EACCES, f"refused target {host}: {reason}")
         return allowed
 
     async def close(self) -> None:

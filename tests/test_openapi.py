@@ -106,7 +106,7 @@ async def test_public_operation_needs_no_token_and_has_no_auth_errors(
     operation = document["paths"]["/healthz"]["get"]
     assert operation["security"] == []
     assert "x-required-scope" not in operation
-    assert set(operation["responses"]) == {"200", "500"}
+    assert set(operation["responses"]) == {"200", "400", "500"}
 
 
 async def test_body_and_response_reference_their_models(document: dict[str, Any]) -> None:
@@ -146,7 +146,7 @@ async def test_no_content_response_has_no_body(document: dict[str, Any]) -> None
 
 async def test_declared_error_statuses_are_documented(document: dict[str, Any]) -> None:
     responses = document["paths"]["/v1/api-keys/{id}"]["patch"]["responses"]
-    assert set(responses) == {"200", "400", "401", "403", "404", "422", "500"}
+    assert set(responses) == {"200", "400", "401", "403", "404", "408", "413", "422", "500"}
 
 
 async def test_operation_ids_are_handler_names_and_tags_are_resources(

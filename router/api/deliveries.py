@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.context import KEYS, LEDGER, SUBSCRIBERS
-from router.errors import not_found, validation_failed
+from router.errors import conflict, not_found, validation_failed
 from router.ledger import DeliveryStatus
 from router.operations import Resource
 from subscriptions.ids import id_floor
@@ -163,14 +163,17 @@ async def get_delivery(request: web.Request) -> DeliveryDetail:
     scope="write_deliveries",
     response=Requeued,
     status=202,
-    errors=(404,),
+    errors=(404, 409),
 )
 async def retry_delivery(request: web.Request) -> Requeued:
     delivery_id = request.match_info["delivery_id"]
-    requeued = await request.app[LEDGER].requeue([delivery_id])
-    if not requeued:
+    ledger = request.app[LEDGER]
+    row = await ledger.delivery(delivery_id)
+    if row is None:
         raise not_found(f"Delivery {delivery_id}")
-    return Requeued(requeued=requeued)
+    if row["status"] == DeliveryStatus.pending.value:
+        raise conflict(f"Delivery {delivery_id} is already pending (queued or being attempted)")
+    return Requeued(requeued=await ledger.requeue([delivery_id]))
 
 
 @resource.post(

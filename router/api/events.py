@@ -6,7 +6,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, Field
 
@@ -62,7 +61,5 @@ async def get_event(request: web.Request) -> StoredEvent:
 
 
 def _parse(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:  # integers beyond 64 bits: ingest accepted them the same way
-        return json.loads(body)
+    # The stdlib, not orjson: orjson turns integers beyond 64 bits into floats, silently.
+    return json.loads(body)

@@ -33,6 +33,12 @@ Token = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Problems = list[tuple[str, str]]
 
 _SECRET_RULE = "must be whsec_ followed by the base64 of 24 to 64 bytes"
+# The same rule as a regex, so the OpenAPI document states it: 8-21 base64 quads (24-63
+# bytes), optionally one more byte (`xx==`), or two more (`xxx=`) after at most 20 quads.
+SECRET_PATTERN = (
+    r"^whsec_(?:(?:[A-Za-z0-9+/]{4}){8,21}(?:[A-Za-z0-9+/]{2}==)?"
+    r"|(?:[A-Za-z0-9+/]{4}){8,20}[A-Za-z0-9+/]{3}=)$"
+)
 
 
 def _check_secret(value: str | None) -> str | None:
@@ -62,10 +68,16 @@ class SubscriberCreate(BaseModel):
     location_ids: list[Token] | None = Field(default=None, description="Bind to these locations")
     company_id: Token | None = Field(default=None, description="Bind to this company")
     secret: str | None = Field(
-        default=None, description="whsec_ + base64 of 24-64 bytes; generated when absent"
+        default=None,
+        description="whsec_ + base64 of 24-64 bytes; generated when absent",
+        pattern=SECRET_PATTERN,
     )
 
     _secret = field_validator("secret")(_check_secret)
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
 
 class SubscriberPatch(BaseModel):
@@ -73,14 +85,21 @@ class SubscriberPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Name | None = None
-    url: Url | None = None
-    scopes: list[Token] | None = Field(default=None, min_length=1)
+    # Absent means "unchanged" and null is refused for these, so their type has no None: the
+    # None default only marks absence (pydantic does not validate defaults) and is left out
+    # of the schema, which would otherwise contradict the type.
+    name: Name = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
+    url: Url = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
+    scopes: list[Token] = Field(  # type: ignore[assignment]
+        default=None, min_length=1, json_schema_extra=_no_default
+    )
     events: list[Token] | None = None
     location_ids: list[Token] | None = None
     company_id: Token | None = None
-    status: Literal["active", "paused"] | None = Field(
-        default=None, description="`disabled` is set only by the router (410 Gone)"
+    status: Literal["active", "paused"] = Field(  # type: ignore[assignment]
+        default=None,
+        description="`disabled` is set only by the router (410 Gone)",
+        json_schema_extra=_no_default,
     )
 
 

@@ -89,6 +89,7 @@ def serve_command(args: argparse.Namespace) -> int:
         print=None,
         access_log=None,
         shutdown_timeout=settings.delivery_timeout + 5,
+        keepalive_timeout=settings.client_timeout,
     )
     return 0
 
