@@ -41,7 +41,6 @@ log = logging.getLogger("router.delivery")
 CLAIM_CHECK_SECONDS = 2.0  # how often to look for work left by dead or stalled workers
 
 RESPONSE_BODY_LIMIT = 4096
-DEFER_WHEN_SATURATED_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -154,6 +153,7 @@ class DeliveryWorker:
         self._load = 0  # started + waiting locally
         self._tasks: set[asyncio.Task[None]] = set()
         self._capacity_freed = asyncio.Event()
+        self._parked: set[str] = set()  # subscribers this worker parked work for
         self.session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------------ loop
@@ -228,7 +228,8 @@ class DeliveryWorker:
             else:
                 overflow.append(item)
         if overflow:
-            await self.ledger.defer(overflow, now_ms() + DEFER_WHEN_SATURATED_MS)
+            await self.ledger.park(overflow)
+            self._parked.update(item.subscriber_id for item in overflow)
 
     def _start(self, item: WorkItem) -> None:
         self._inflight[item.subscriber_id] += 1
@@ -263,9 +264,27 @@ class DeliveryWorker:
                 self._start(queue.popleft())
             if not queue:
                 self._waiting.pop(sub, None)
+            room = self.per_subscriber - self._inflight[sub]
             if self._inflight[sub] == 0:
                 del self._inflight[sub]
+            if sub in self._parked and not queue and room > 0:
+                self._start_release(sub, room)
             self._capacity_freed.set()
+
+    def _start_release(self, sub: str, room: int) -> None:
+        """Bring back parked work for a subscriber that has room again (in the background:
+        this runs as an attempt finishes)."""
+
+        async def release() -> None:
+            try:
+                if await self.ledger.release_parked(sub, room) < room:
+                    self._parked.discard(sub)
+            except UNAVAILABLE:
+                pass  # the retry scheduler releases parked work too
+
+        task = asyncio.create_task(release())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ one delivery
     async def handle(self, item: WorkItem) -> None:
@@ -301,14 +320,12 @@ class DeliveryWorker:
         if int(breaker.get("failures", 0)) < self.settings.breaker_threshold:
             return False
         now = now_ms()
-        interval_ms = int(self.settings.breaker_probe_interval * 1000)
         open_until = int(breaker.get("open_until", 0))
-        if now < open_until:
-            await self.ledger.defer([item], open_until)
-            return None
         probe_ttl = int((self.settings.delivery_timeout + 5) * 1000)
-        if not await self.ledger.acquire_probe(item.subscriber_id, probe_ttl):
-            await self.ledger.defer([item], now + interval_ms)
+        if now < open_until or not await self.ledger.acquire_probe(item.subscriber_id, probe_ttl):
+            # Wait, out of the shared queue, until a probe has succeeded.
+            await self.ledger.park([item])
+            self._parked.add(item.subscriber_id)
             return None
         return True
 

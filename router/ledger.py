@@ -150,6 +150,15 @@ end
 return created
 """
 
+# KEYS: the subscriber's parked set, the parked-subscribers set, ready stream.
+# ARGV: subscriber id, how many to release.
+_RELEASE_PARKED = """
+local members = redis.call('ZPOPMIN', KEYS[1], ARGV[2])
+for i = 1, #members, 2 do redis.call('XADD', KEYS[3], '*', 'm', members[i]) end
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return #members / 2
+"""
+
 _MOVE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(due) do
@@ -182,6 +191,7 @@ class Ledger:
         self._accept = redis.register_script(_ACCEPT)
         self._create = redis.register_script(_CREATE_DELIVERIES)
         self._move_due = redis.register_script(_MOVE_DUE)
+        self._release_parked = redis.register_script(_RELEASE_PARKED)
 
     # ---------------------------------------------------------------- ingest
     async def queue_accept(self, pipe: Pipeline, event: IncomingEvent) -> None:
@@ -500,6 +510,45 @@ class Ledger:
             pipe.xack(k.ready_stream, DELIVER_GROUP, *[i.entry_id for i in items])
             pipe.xdel(k.ready_stream, *[i.entry_id for i in items])
             await pipe.execute()
+
+    async def park(self, items: Sequence[WorkItem]) -> None:
+        """Set work aside until its subscriber has room (`release_parked`), acknowledged
+        atomically: a subscriber that cannot take more work keeps it out of the shared ready
+        queue instead of cycling it through, so others' deliveries never queue behind it."""
+        if not items:
+            return
+        k = self.keys
+        now = now_ms()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for item in items:
+                pipe.zadd(k.parked(item.subscriber_id), {item.member: now})
+                pipe.sadd(k.parked_subscribers, item.subscriber_id)
+            pipe.xack(k.ready_stream, DELIVER_GROUP, *[i.entry_id for i in items])
+            pipe.xdel(k.ready_stream, *[i.entry_id for i in items])
+            await pipe.execute()
+
+    async def release_parked(self, subscriber_id: str, count: int) -> int:
+        """Move up to `count` of a subscriber's oldest parked work back to the ready queue."""
+        k = self.keys
+        released = await self._release_parked(
+            keys=[k.parked(subscriber_id), k.parked_subscribers, k.ready_stream],
+            args=[subscriber_id, count],
+        )
+        return int(released)
+
+    async def parked_subscribers(self) -> list[tuple[str, bool]]:
+        """Each subscriber with parked work, and whether its breaker lets attempts through
+        now (closed, or open past its probe time)."""
+        k = self.keys
+        subs = sorted(m.decode() for m in await self.redis.smembers(k.parked_subscribers))
+        if not subs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sub in subs:
+                pipe.hget(k.breaker(sub), "open_until")
+            rows = await pipe.execute()
+        now = now_ms()
+        return [(sub, int(until or 0) <= now) for sub, until in zip(subs, rows, strict=True)]
 
     async def hand_back(self, items: Sequence[WorkItem]) -> None:
         """Requeue work this process took but will not start (shutdown), for any worker."""

@@ -32,6 +32,7 @@ log = logging.getLogger("router.workers")
 
 RETRY_POLL_SECONDS = 0.2
 TRIM_EVERY_SECONDS = 60.0
+PARKED_RELEASE_SECONDS = 1.0
 HEARTBEAT_EVERY_SECONDS = 2.0
 HEARTBEAT_TTL_MS = 10_000  # a process silent this long is presumed dead; its work is taken over
 
@@ -76,6 +77,7 @@ class WorkerGroup:
             asyncio.create_task(self._supervise("dispatcher", self.dispatcher.run)),
             asyncio.create_task(self._supervise("worker", self.worker.run)),
             asyncio.create_task(self._schedule_retries()),
+            asyncio.create_task(self._release_parked()),
         ]
 
     async def stop(self) -> None:
@@ -142,6 +144,24 @@ class WorkerGroup:
             if moved < 1000:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), RETRY_POLL_SECONDS)
+
+    async def _release_parked(self) -> None:
+        """Give each subscriber with parked work a batch back when its breaker lets attempts
+        through: whatever process parked it, and whether or not that process still runs. A
+        subscriber that still has no room parks it again, a small amount of churn per second
+        instead of its whole backlog."""
+        batch = self.settings.subscriber_concurrency
+        while not self._stopping.is_set():
+            try:
+                for subscriber_id, can_attempt in await self.ledger.parked_subscribers():
+                    if can_attempt:
+                        await self.ledger.release_parked(subscriber_id, batch)
+            except UNAVAILABLE:
+                pass
+            except Exception:
+                log.exception("releasing parked work failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), PARKED_RELEASE_SECONDS)
 
 
 def install(app: web.Application) -> None:

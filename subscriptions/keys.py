@@ -118,6 +118,16 @@ class Keys:
         """String with TTL: present while the process consuming as `consumer` is alive."""
         return f"{self._p}:consumer:{consumer}"
 
+    def parked(self, subscriber_id: str) -> str:
+        """Sorted set: work members waiting for this subscriber to have room (its concurrency
+        bound reached, or its breaker open), scored by when they were parked (ms)."""
+        return f"{self._p}:subscriber:{subscriber_id}:parked"
+
+    @property
+    def parked_subscribers(self) -> str:
+        """Set: subscribers with parked work."""
+        return f"{self._p}:parked"
+
     def breaker(self, subscriber_id: str) -> str:
         """Hash: a subscriber's consecutive failures and breaker state."""
         return f"{self._p}:breaker:{subscriber_id}"
