@@ -1,0 +1,138 @@
+"""Misbehaving receivers do not slow delivery to a healthy one beyond 2x its unloaded p99.
+
+The machine is shared (other test runs, benchmarks), so a single quiet phase followed by a
+single noisy one would compare two different moments of background load. The phases
+alternate instead: quiet, noisy, quiet, noisy, ... and each condition's p99 is taken over all
+of its rounds. Every noisy round registers a fresh set of bad subscribers (and pauses them at
+its end).
+
+Two configurations: the default breaker (20 consecutive failures open it), and the breaker out
+of reach, where every failure is retried on schedule and per-subscriber concurrency alone has to
+protect the healthy subscriber. Neither holds today (both xfail, see the README's findings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from .harness import (
+    CONTACT_CREATE,
+    OUTSIDER,
+    Cluster,
+    DeliveryLedger,
+    LoadResult,
+    burst,
+    mixed_payloads,
+    read_records,
+)
+
+pytestmark = pytest.mark.faults
+
+ROUNDS = 3
+EVENTS_PER_PHASE = 200
+RATE = 50
+BAD_BEHAVIOURS = ("hang", "reset", "500", "429", "301", "410", "huge")
+FLOOR_SECONDS = 0.05  # a tiny unloaded p99 doubled is within scheduler noise
+SETTLE_SECONDS = 2.0  # bad attempts in flight at a round's end finish within the timeout (1 s)
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def healthy_latencies(records: list[dict], load: LoadResult) -> list[float]:
+    """Seconds from posting each event to its first arrival at the healthy subscriber."""
+    first: dict[str, float] = {}
+    for r in records:
+        if r["marker"] == "healthy" and r["event_id"] in load.accepted:
+            first[r["event_id"]] = min(r["t"], first.get(r["event_id"], r["t"]))
+    return [t - load.accepted_at[event_id] for event_id, t in first.items()]
+
+
+async def add_bad_subscribers(c: Cluster, url_of, round_no: int) -> list[str]:
+    ids = []
+    for behaviour in BAD_BEHAVIOURS:
+        ids.append(
+            await c.subscribe(
+                f"{behaviour}-{round_no}", url_of(behaviour, behaviour), ["contacts.readonly"]
+            )
+        )
+    return ids
+
+
+NO_BREAKER = pytest.param(
+    "1000000",
+    id="breaker-out-of-reach",
+    marks=pytest.mark.xfail(
+        strict=True,
+        reason="fast-failing subscribers' retries share one FIFO ready stream with healthy "
+        "deliveries; without the breaker they saturate the worker (healthy p99 ~0.1 s -> 2-4 s)",
+    ),
+)
+
+
+DEFAULT_BREAKER = pytest.param(
+    "20",
+    id="default-breaker",
+    marks=pytest.mark.xfail(
+        strict=True,
+        reason="healthy deliveries wait in the one FIFO ready stream behind the bad "
+        "subscribers' work (deferred entries released in bulk when the breaker's probe "
+        "interval ends; skips of paused ones): healthy p99 ~25-100 ms -> 0.7-1 s",
+    ),
+)
+
+
+@pytest.mark.parametrize("breaker_threshold", [DEFAULT_BREAKER, NO_BREAKER])
+async def test_bad_receivers_do_not_slow_a_healthy_one(
+    cluster, report, breaker_threshold: str
+) -> None:
+    started = time.monotonic()
+    c = cluster(ROUTER_DELIVERY_TIMEOUT="1", ROUTER_BREAKER_THRESHOLD=breaker_threshold)
+    healthy_rx = await c.receiver("healthy-receiver")
+    bad_rx = await c.receiver("bad-receiver")
+    await c.serve()
+    await c.subscribe("healthy", healthy_rx.url("healthy"), ["contacts.readonly"])
+    await c.subscribe(OUTSIDER, healthy_rx.url(OUTSIDER), ["contacts.write"])
+    ledger = DeliveryLedger([healthy_rx, bad_rx], {CONTACT_CREATE: {"healthy"}}, {OUTSIDER})
+    url = f"{c.base_url}/webhooks"
+    contacts = (CONTACT_CREATE,)
+
+    total = await burst(url, mixed_payloads(50, contacts), LoadResult(), rate=RATE)  # warm-up
+    quiet: list[float] = []
+    noisy: list[float] = []
+    for round_no in range(ROUNDS):
+        load = await burst(url, mixed_payloads(EVENTS_PER_PHASE, contacts), LoadResult(), rate=RATE)
+        assert await ledger.wait_complete(load, timeout=60)
+        quiet += healthy_latencies(read_records([healthy_rx]), load)
+        total = total.merged(load)
+
+        bad_ids = await add_bad_subscribers(c, bad_rx.url, round_no)
+        load = await burst(url, mixed_payloads(EVENTS_PER_PHASE, contacts), LoadResult(), rate=RATE)
+        assert await ledger.wait_complete(load, timeout=60)
+        noisy += healthy_latencies(read_records([healthy_rx]), load)
+        total = total.merged(load)
+        for sub_id in bad_ids:
+            await c.api("PATCH", f"/v1/subscribers/{sub_id}", {"status": "paused"})
+        await asyncio.sleep(SETTLE_SECONDS)
+
+    bad = read_records([bad_rx])
+    arrivals = {b: sum(1 for r in bad if r["behaviour"] == b) for b in BAD_BEHAVIOURS}
+    followed = sum(1 for r in bad if r["behaviour"] == "ok")
+    unloaded, loaded = p99(quiet), p99(noisy)
+    tally = ledger.tally(total)
+    report(
+        tally.line(
+            f"bad receivers vs a healthy one (breaker threshold {breaker_threshold})",
+            time.monotonic() - started,
+            f"healthy-p99-unloaded={unloaded * 1000:.0f}ms "
+            f"healthy-p99-loaded={loaded * 1000:.0f}ms bad-arrivals={arrivals}",
+        )
+    )
+    assert tally.lost == 0 and tally.trespass == 0
+    assert followed == 0, "a redirect was followed"
+    assert loaded <= 2 * unloaded + FLOOR_SECONDS, (unloaded, loaded)
