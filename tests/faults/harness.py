@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -45,8 +44,10 @@ def free_port() -> int:
 
 
 def router_command() -> list[str]:
-    script = shutil.which("webhook-router")
-    return [script] if script else [sys.executable, "-m", "router"]
+    # The console script of the environment running the tests (a venv's bin/ need not be on
+    # PATH, and another install's script there would run other code).
+    script = Path(sys.executable).parent / "webhook-router"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "router"]
 
 
 def payload(event_type: str, n: int, run: str) -> dict[str, Any]:
