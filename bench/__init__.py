@@ -1,0 +1,1 @@
+"""webhook-router's benchmark suite: `python -m bench --help`."""

@@ -1,0 +1,130 @@
+"""Starting and stopping the benchmark's processes: every process started here is stopped
+by its own pid when its `with` block ends, whatever happened inside it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def router_cli() -> list[str]:
+    """The installed `webhook-router` console script (or `python -m router` without it)."""
+    script = shutil.which("webhook-router")
+    return [script] if script else [sys.executable, "-m", "router"]
+
+
+def python_module(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+class Proc:
+    """One child process, its output in a log file; stopped (TERM, then KILL) on exit."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = logdir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def rss_bytes(self) -> int | None:
+        """Resident set size from /proc/<pid>/status (VmRSS), or None once it has exited."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(sig)
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to end by itself; killed (and TimeoutError) past `timeout`."""
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(signal.SIGKILL)
+            raise TimeoutError(f"{self.name} did not finish within {timeout:g}s") from None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+async def wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
+    """Return once `url` answers 200; raise if the process dies or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{proc.name} not ready at {url} after {timeout:g}s:\n{proc.tail()}")
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The parent's environment without its ROUTER_* settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+    env.update(extra)
+    return env
