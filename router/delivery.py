@@ -147,6 +147,11 @@ class DeliveryWorker:
         self.policy = RetryPolicy(settings.retry_schedule)
         self.capacity = settings.worker_concurrency
         self.per_subscriber = settings.subscriber_concurrency
+        # Work a subscriber at its bound may keep waiting in this process: enough to ride out
+        # a burst without a trip through Redis, never so much that one subscriber's backlog
+        # fills the capacity the others need (beyond it, work is parked in Redis).
+        self.waiting_per_subscriber = max(2 * self.per_subscriber, self.capacity // 4)
+        self._subscribers: dict[bytes, Subscriber] = {}  # parsed, by their exact JSON
         self.reclaim_after_ms = int(settings.reclaim_after * 1000)
         self._inflight: dict[str, int] = defaultdict(int)
         self._waiting: dict[str, deque[WorkItem]] = defaultdict(deque)
@@ -222,7 +227,7 @@ class DeliveryWorker:
             sub = item.subscriber_id
             if self._inflight[sub] < self.per_subscriber:
                 self._start(item)
-            elif len(self._waiting[sub]) < self.per_subscriber * 2:
+            elif len(self._waiting[sub]) < self.waiting_per_subscriber:
                 self._waiting[sub].append(item)
                 self._load += 1
             else:
@@ -290,8 +295,15 @@ class DeliveryWorker:
     async def handle(self, item: WorkItem) -> None:
         """Attempt one delivery (or skip or defer it) and record what happened."""
         delivery, event, raw_subscriber, breaker = await self.ledger.attempt_context(item)
-        if not delivery or DeliveryStatus(delivery["status"]) in TERMINAL:
-            await self.ledger.ack(item)  # expired, or a stale duplicate of finished work
+        if not delivery:
+            # Its record outlived ROUTER_RETENTION before an attempt: the backlog is longer
+            # than the retention. Counted and logged, never silent.
+            await self.ledger.ack(item)
+            self.metrics.deliveries.labels(outcome="expired").inc()
+            log.warning("delivery %s expired before it could be attempted", item.delivery_id)
+            return
+        if DeliveryStatus(delivery["status"]) in TERMINAL:
+            await self.ledger.ack(item)  # a stale duplicate of finished work
             return
         if not event:
             await self._skip(item, "event expired before delivery")
@@ -299,7 +311,7 @@ class DeliveryWorker:
         if raw_subscriber is None:
             await self._skip(item, "subscriber deleted")
             return
-        subscriber = Subscriber.model_validate_json(raw_subscriber)
+        subscriber = self._subscriber(raw_subscriber)
         refusal = entitlement_refusal(
             subscriber, event["event"], event["location_id"], event["company_id"], self.catalog
         )
@@ -314,6 +326,15 @@ class DeliveryWorker:
         finally:
             if probing:
                 await self.ledger.release_probe(item.subscriber_id)
+
+    def _subscriber(self, raw: bytes) -> Subscriber:
+        """Parse a subscriber's JSON once per version of it, not once per attempt."""
+        subscriber = self._subscribers.get(raw)
+        if subscriber is None:
+            if len(self._subscribers) >= 10_000:
+                self._subscribers.clear()
+            subscriber = self._subscribers[raw] = Subscriber.model_validate_json(raw)
+        return subscriber
 
     async def _breaker_gate(self, item: WorkItem, breaker: dict[str, str]) -> bool | None:
         """False: attempt normally. True: attempt as the breaker's probe. None: deferred."""

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from router.connections import UNAVAILABLE
@@ -105,18 +106,23 @@ class Dispatcher:
         """Create the deliveries of a batch of (entry id, event id); returns how many."""
         await self.cache.refresh()
         routing = await self.ledger.routing_fields([event_id for _, event_id in batch])
-        async with self.ledger.redis.pipeline(transaction=False) as pipe:
-            for (entry_id, event_id), fields in zip(batch, routing, strict=True):
-                if fields is None:  # expired before dispatch: nothing to deliver, just ack
-                    await self.ledger.queue_create_deliveries(pipe, entry_id, event_id, "", [])
-                    continue
-                event = fields["event"] or ""
-                subscribers = await self.cache.entitled(
-                    (event, fields["location_id"], fields["company_id"])
-                )
+        plans: list[tuple[str, str, str, list[str]]] = []
+        for (entry_id, event_id), fields in zip(batch, routing, strict=True):
+            if fields is None:  # expired before dispatch: nothing to deliver, just ack
+                plans.append((entry_id, event_id, "", []))
+                continue
+            event = fields["event"] or ""
+            subscribers = await self.cache.entitled(
+                (event, fields["location_id"], fields["company_id"])
+            )
+            plans.append((entry_id, event_id, event, [s.id for s in subscribers]))
+
+        async def build(pipe: Pipeline) -> None:
+            for entry_id, event_id, event, subscriber_ids in plans:
                 await self.ledger.queue_create_deliveries(
-                    pipe, entry_id, event_id, event, [s.id for s in subscribers]
+                    pipe, entry_id, event_id, event, subscriber_ids
                 )
-            created = sum(int(n) for n in await pipe.execute())
+
+        created = sum(int(n) for n in await self.ledger.run_pipeline(build))
         self.metrics.deliveries.labels(outcome="created").inc(created)
         return created

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio.client import Pipeline
 
 from router.connections import UNAVAILABLE
 from router.context import CATALOG, LEDGER, METRICS, SETTINGS, VERIFIER
@@ -97,11 +98,12 @@ class AcceptBatcher:
                 await self._flush(batch)
 
     async def _flush(self, batch: list[tuple[IncomingEvent, asyncio.Future[Any]]]) -> None:
+        async def build(pipe: Pipeline) -> None:
+            for event, _ in batch:
+                await self.ledger.queue_accept(pipe, event)
+
         try:
-            async with self.ledger.redis.pipeline(transaction=False) as pipe:
-                for event, _ in batch:
-                    await self.ledger.queue_accept(pipe, event)
-                results = await pipe.execute(raise_on_error=False)
+            results = await self.ledger.run_pipeline(build, raise_on_error=False)
         except Exception as exc:  # every waiter must hear about it, whatever it was
             for _, future in batch:
                 if not future.done():

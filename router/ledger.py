@@ -16,7 +16,7 @@ calls can leave work to be redone (at-least-once), never work lost or a delivery
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -24,7 +24,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
 
 from subscriptions.ids import id_floor, now_ms
 from subscriptions.keys import Keys
@@ -159,6 +160,33 @@ if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) e
 return #members / 2
 """
 
+# KEYS: delivery, its attempts, retry set, dead set, ready stream, subscriber's breaker, open
+# breakers. ARGV: group, entry id, work member, delivery id, attempt JSON ('' = none),
+# retention, retry due ('' = none), dead ('1'/'0'), breaker ('ok'/'fail'/''), breaker
+# threshold, open until, subscriber id, then the delivery's field/value pairs.
+_FINISH = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+if ARGV[5] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[3], ARGV[7], ARGV[3]) end
+if ARGV[8] == '1' then redis.call('ZADD', KEYS[4], 0, ARGV[4]) end
+redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[5], ARGV[2])
+if ARGV[9] == 'ok' then
+  if redis.call('DEL', KEYS[6]) == 1 then redis.call('SREM', KEYS[7], ARGV[12]) end
+elseif ARGV[9] == 'fail' then
+  local failures = redis.call('HINCRBY', KEYS[6], 'failures', 1)
+  redis.call('EXPIRE', KEYS[6], ARGV[6])
+  if failures >= tonumber(ARGV[10]) then
+    redis.call('HSET', KEYS[6], 'open_until', ARGV[11])
+    redis.call('SADD', KEYS[7], ARGV[12])
+  end
+end
+return 1
+"""
+
 _MOVE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(due) do
@@ -192,13 +220,17 @@ class Ledger:
         self._create = redis.register_script(_CREATE_DELIVERIES)
         self._move_due = redis.register_script(_MOVE_DUE)
         self._release_parked = redis.register_script(_RELEASE_PARKED)
+        self._finish = redis.register_script(_FINISH)
+        self._scripts_loaded = False
 
     # ---------------------------------------------------------------- ingest
     async def queue_accept(self, pipe: Pipeline, event: IncomingEvent) -> None:
         """Add the atomic accept of `event` to `pipe` (its result is read by `accept_result`)."""
         k = self.keys
         dedupe_key = k.dedupe(event.webhook_id or event.event_id)
-        await self._accept(
+        await self._queue_script(
+            pipe,
+            self._accept,
             keys=[k.event(event.event_id), k.events_stream, dedupe_key, k.stats],
             args=[
                 event.event_id,
@@ -215,7 +247,6 @@ class Ledger:
                 self.max_backlog,
                 "1" if event.webhook_id else "0",
             ],
-            client=pipe,
         )
 
     @staticmethod
@@ -231,10 +262,40 @@ class Ledger:
 
     async def accept(self, event: IncomingEvent) -> tuple[EventStatus, str]:
         """Store `event` durably (dedupe, backlog check, stream entry) in one script."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self.queue_accept(pipe, event)
-            (result,) = await pipe.execute()
+        (result,) = await self.run_pipeline(lambda pipe: self.queue_accept(pipe, event))
         return self.accept_result(result)
+
+    async def _queue_script(
+        self, pipe: Pipeline, script: AsyncScript, *, keys: list[str], args: list[Any]
+    ) -> None:
+        """Queue `script` by its digest. (redis-py's own script support asks the server
+        SCRIPT EXISTS before every pipeline: a round trip per batch this avoids.)"""
+        if not self._scripts_loaded:
+            for loaded in (self._accept, self._create):
+                await self.redis.script_load(loaded.script)
+            self._scripts_loaded = True
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def run_pipeline(
+        self, build: Callable[[Pipeline], Awaitable[None]], *, raise_on_error: bool = True
+    ) -> list[Any]:
+        """Build and execute a non-transactional pipeline; if Redis forgot our scripts (a
+        restart, SCRIPT FLUSH), load them again and run it once more."""
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await build(pipe)
+                try:
+                    results = await pipe.execute(raise_on_error=raise_on_error)
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+                    self._scripts_loaded = False
+                    continue
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
+                self._scripts_loaded = False
+                continue
+            return results
+        raise AssertionError("unreachable")
 
     # ---------------------------------------------------------------- consumer groups
     async def ensure_groups(self) -> None:
@@ -389,7 +450,7 @@ class Ledger:
             dlv = delivery_id_for(event_id, sub)
             keys += [k.delivery(dlv), k.subscriber_deliveries(sub)]
             args += [dlv, sub]
-        await self._create(keys=keys, args=args, client=pipe)
+        await self._queue_script(pipe, self._create, keys=keys, args=args)
 
     # ---------------------------------------------------------------- delivery queue
     async def read_ready(self, consumer: str, count: int, block_ms: int) -> list[WorkItem]:
@@ -446,48 +507,52 @@ class Ledger:
         breaker_threshold: int = 0,
         probe_interval_ms: int = 0,
     ) -> None:
-        """Record the outcome of handling `item`, in one transaction: the delivery's new state,
-        the attempt (if one was made), its retry or dead-letter entry, and the stream ack.
+        """Record the outcome of handling `item`, atomically (one script): the delivery's new
+        state, the attempt (if one was made), its retry or dead-letter entry, the stream ack,
+        and the subscriber's breaker.
 
         `breaker` is True for a success (closes the subscriber's breaker), False for a failed
-        attempt (counts towards opening it), None when no attempt reached the receiver.
+        attempt (counts towards opening it for `probe_interval_ms` at `breaker_threshold`
+        consecutive failures), None when no attempt reached the receiver.
         """
         k = self.keys
         now = now_ms()
         mapping: dict[str, str | int] = {"status": status.value, "updated_at": now}
         mapping.update(fields or {})
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(k.delivery(item.delivery_id), mapping=mapping)
-            if attempt is not None:
-                pipe.rpush(k.delivery_attempts(item.delivery_id), orjson.dumps(attempt))
-                pipe.expire(k.delivery_attempts(item.delivery_id), self.retention)
-            if retry_at is not None:
-                pipe.zadd(k.retry_schedule, {item.member: retry_at})
-            if status is DeliveryStatus.dead:
-                pipe.zadd(k.dead, {item.delivery_id: 0})
-            pipe.xack(k.ready_stream, DELIVER_GROUP, item.entry_id)
-            pipe.xdel(k.ready_stream, item.entry_id)
-            if breaker is True:
-                pipe.delete(k.breaker(item.subscriber_id))
-                pipe.srem(k.open_breakers, item.subscriber_id)
-            elif breaker is False:
-                pipe.hincrby(k.breaker(item.subscriber_id), "failures", 1)
-                pipe.expire(k.breaker(item.subscriber_id), self.retention)
-            results = await pipe.execute()
-        if breaker is False and int(results[-2]) >= breaker_threshold:
-            await self.open_breaker(item.subscriber_id, now + probe_interval_ms)
+        flat: list[str | int] = [x for pair in mapping.items() for x in pair]
+        mode = {True: "ok", False: "fail", None: ""}[breaker]
+        await self._finish(
+            keys=[
+                k.delivery(item.delivery_id),
+                k.delivery_attempts(item.delivery_id),
+                k.retry_schedule,
+                k.dead,
+                k.ready_stream,
+                k.breaker(item.subscriber_id),
+                k.open_breakers,
+            ],
+            args=[
+                DELIVER_GROUP,
+                item.entry_id,
+                item.member,
+                item.delivery_id,
+                orjson.dumps(attempt) if attempt is not None else b"",
+                self.retention,
+                "" if retry_at is None else retry_at,
+                "1" if status is DeliveryStatus.dead else "0",
+                mode,
+                breaker_threshold,
+                now + probe_interval_ms,
+                item.subscriber_id,
+                *flat,
+            ],
+        )
 
     async def ack(self, item: WorkItem) -> None:
         """Drop a queue entry that needs no attempt, changing no delivery record."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.keys.ready_stream, DELIVER_GROUP, item.entry_id)
             pipe.xdel(self.keys.ready_stream, item.entry_id)
-            await pipe.execute()
-
-    async def open_breaker(self, subscriber_id: str, until_ms: int) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.breaker(subscriber_id), "open_until", until_ms)
-            pipe.sadd(self.keys.open_breakers, subscriber_id)
             await pipe.execute()
 
     async def acquire_probe(self, subscriber_id: str, ttl_ms: int) -> bool:
