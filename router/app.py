@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.asyncio import Redis
 
-from router import ingest, workers
+from router import workers
 from router.api import RESOURCES
 from router.auth import auth_middleware
 from router.connections import open_redis
@@ -73,7 +73,6 @@ def create_app(
     app[VERIFIER] = build_verifier(settings)
     for resource in RESOURCES:
         resource.add_routes(app)
-    ingest.install(app)
     if run_workers:
         workers.install(app)
 
@@ -82,6 +81,6 @@ def create_app(
         if owns_redis:
             await client.aclose()
 
-    # First in, last out: Redis closes only after the batcher and workers have stopped.
+    # First in, last out: Redis closes only after the workers have stopped.
     app.cleanup_ctx.insert(0, redis_lifecycle)
     return app

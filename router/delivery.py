@@ -154,6 +154,7 @@ class DeliveryWorker:
         self._subscribers: dict[bytes, Subscriber] = {}  # parsed, by their exact JSON
         self.reclaim_after_ms = int(settings.reclaim_after * 1000)
         self._inflight: dict[str, int] = defaultdict(int)
+        self._holding: set[str] = set()  # entry ids of started work holding a slot
         self._waiting: dict[str, deque[WorkItem]] = defaultdict(deque)
         self._load = 0  # started + waiting locally
         self._tasks: set[asyncio.Task[None]] = set()
@@ -238,12 +239,12 @@ class DeliveryWorker:
 
     def _start(self, item: WorkItem) -> None:
         self._inflight[item.subscriber_id] += 1
+        self._holding.add(item.entry_id)
         self._load += 1
         task = asyncio.create_task(self._run_one(item))
         self._tasks.add(task)
 
     async def _run_one(self, item: WorkItem) -> None:
-        sub = item.subscriber_id
         try:
             await self.handle(item)
         except UNAVAILABLE:
@@ -260,21 +261,31 @@ class DeliveryWorker:
                 )
                 self.metrics.deliveries.labels(outcome="dead").inc()
         finally:
+            self._free_slot(item)
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
-            self._inflight[sub] -= 1
             self._load -= 1
-            queue = self._waiting.get(sub)
-            if queue:
-                self._load -= 1
-                self._start(queue.popleft())
-            if not queue:
-                self._waiting.pop(sub, None)
-            room = self.per_subscriber - self._inflight[sub]
-            if self._inflight[sub] == 0:
-                del self._inflight[sub]
-            if sub in self._parked and not queue and room > 0:
-                self._start_release(sub, room)
             self._capacity_freed.set()
+
+    def _free_slot(self, item: WorkItem) -> None:
+        """End `item`'s hold on one of its subscriber's concurrency slots (once; the bound is
+        on requests to the subscriber, so this happens as soon as the receiver has answered)
+        and give the slot to the subscriber's next waiting or parked work."""
+        if item.entry_id not in self._holding:
+            return
+        self._holding.discard(item.entry_id)
+        sub = item.subscriber_id
+        self._inflight[sub] -= 1
+        queue = self._waiting.get(sub)
+        if queue:
+            self._load -= 1
+            self._start(queue.popleft())
+        if not queue:
+            self._waiting.pop(sub, None)
+        room = self.per_subscriber - self._inflight[sub]
+        if self._inflight[sub] == 0:
+            del self._inflight[sub]
+        if sub in self._parked and not queue and room > 0:
+            self._start_release(sub, room)
 
     def _start_release(self, sub: str, room: int) -> None:
         """Bring back parked work for a subscriber that has room again (in the background:
@@ -377,6 +388,7 @@ class DeliveryWorker:
             allow_private=self.settings.allow_private_targets,
             timeout=self.settings.delivery_timeout,
         )
+        self._free_slot(item)
         self.metrics.attempt_seconds.observe(result.duration_ms / 1000)
         record = {
             "attempt": number,

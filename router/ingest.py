@@ -1,7 +1,7 @@
 """Where an event is accepted: `POST /webhooks` and `POST /webhooks/{event_type}`.
 
 An event is answered 202 only once its own write is confirmed by Redis. Writes of concurrent
-requests share one pipeline (`AcceptBatcher`), so a burst costs a few round trips, not one
+requests share one pipeline (`router.batching`), so a burst costs a few round trips, not one
 per event. When the event cannot be made durable — Redis unreachable, or the dispatch backlog
 over `ROUTER_MAX_BACKLOG` — the answer is 429 with Retry-After: the platform retries a webhook
 only on 429, so any other status would lose it.
@@ -9,21 +9,18 @@ only on 429, so any other status would lose it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
-from redis.asyncio.client import Pipeline
 
 from router.connections import UNAVAILABLE
 from router.context import CATALOG, LEDGER, METRICS, SETTINGS, VERIFIER
 from router.errors import ApiError, bad_request, too_many_requests, validation_failed
-from router.ledger import EventStatus, IncomingEvent, Ledger, Overloaded
+from router.ledger import EventStatus, IncomingEvent, Overloaded
 from router.operations import Resource, read_body
 from router.verification import timestamp_refusal
 from subscriptions.ids import new_id, now_ms
@@ -55,67 +52,6 @@ class Accepted(BaseModel):
     event_id: str = Field(description="The stored event (the original's id for a duplicate)")
     type: str = Field(description="The event name routing used (after aliases)")
     status: EventStatus
-
-
-class AcceptBatcher:
-    """Sends the accept scripts of concurrent requests to Redis in one pipeline.
-
-    Each caller awaits its own result: nothing is acknowledged before its write is confirmed,
-    and one failed batch fails only the requests in it.
-    """
-
-    def __init__(self, ledger: Ledger, max_batch: int = 256) -> None:
-        self.ledger = ledger
-        self.max_batch = max_batch
-        self._queue: list[tuple[IncomingEvent, asyncio.Future[Any]]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="accept-batcher")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for _, future in self._queue:
-            if not future.done():
-                future.set_exception(ConnectionError("shutting down"))
-
-    async def accept(self, event: IncomingEvent) -> tuple[EventStatus, str]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((event, future))
-        self._wakeup.set()
-        return self.ledger.accept_result(await future)
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                await self._flush(batch)
-
-    async def _flush(self, batch: list[tuple[IncomingEvent, asyncio.Future[Any]]]) -> None:
-        async def build(pipe: Pipeline) -> None:
-            for event, _ in batch:
-                await self.ledger.queue_accept(pipe, event)
-
-        try:
-            results = await self.ledger.run_pipeline(build, raise_on_error=False)
-        except Exception as exc:  # every waiter must hear about it, whatever it was
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -203,7 +139,7 @@ async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
         routable=catalog.required_scope(event_name) is not None,
     )
     try:
-        status, event_id = await app[INGEST_BATCHER].accept(incoming)
+        status, event_id = await app[LEDGER].accept(incoming)
     except Overloaded:
         app[METRICS].events_refused.labels(reason="overloaded").inc()
         raise too_many_requests(
@@ -252,18 +188,3 @@ async def ingest(request: web.Request) -> web.Response:
 )
 async def ingest_named(request: web.Request) -> web.Response:
     return await _ingest(request, request.match_info["event_type"])
-
-
-INGEST_BATCHER = web.AppKey("ingest_batcher", AcceptBatcher)
-
-
-def install(app: web.Application) -> None:
-    """Give `app` an accept batcher that runs for the app's lifetime."""
-    app[INGEST_BATCHER] = AcceptBatcher(app[LEDGER])
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        app[INGEST_BATCHER].start()
-        yield
-        await app[INGEST_BATCHER].stop()
-
-    app.cleanup_ctx.append(lifecycle)

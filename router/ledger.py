@@ -27,6 +27,7 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
+from router.batching import PipelineBatcher
 from subscriptions.ids import id_floor, now_ms
 from subscriptions.keys import Keys
 
@@ -222,6 +223,9 @@ class Ledger:
         self._release_parked = redis.register_script(_RELEASE_PARKED)
         self._finish = redis.register_script(_FINISH)
         self._scripts_loaded = False
+        # Ingest and delivery each get their own lanes, so neither waits behind the other.
+        self._accepts = PipelineBatcher(self.run_pipeline)
+        self._deliveries = PipelineBatcher(self.run_pipeline)
 
     # ---------------------------------------------------------------- ingest
     async def queue_accept(self, pipe: Pipeline, event: IncomingEvent) -> None:
@@ -261,8 +265,12 @@ class Ledger:
         return EventStatus(status), event_id
 
     async def accept(self, event: IncomingEvent) -> tuple[EventStatus, str]:
-        """Store `event` durably (dedupe, backlog check, stream entry) in one script."""
-        (result,) = await self.run_pipeline(lambda pipe: self.queue_accept(pipe, event))
+        """Store `event` durably (dedupe, backlog check, stream entry) in one script, in the
+        same round trip as other requests' accepts; returns once its own write is confirmed.
+
+        Raises Overloaded if the dispatch backlog is full.
+        """
+        (result,) = await self._accepts.run(lambda pipe: self.queue_accept(pipe, event))
         return self.accept_result(result)
 
     async def _queue_script(
@@ -271,7 +279,7 @@ class Ledger:
         """Queue `script` by its digest. (redis-py's own script support asks the server
         SCRIPT EXISTS before every pipeline: a round trip per batch this avoids.)"""
         if not self._scripts_loaded:
-            for loaded in (self._accept, self._create):
+            for loaded in (self._accept, self._create, self._finish):
                 await self.redis.script_load(loaded.script)
             self._scripts_loaded = True
         pipe.evalsha(script.sha, len(keys), *keys, *args)
@@ -475,7 +483,8 @@ class Ledger:
         """Everything one attempt needs, in one round trip: the delivery, the event (raw body
         included), the subscriber's JSON and its breaker state. Empty dicts for missing ones."""
         k = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        async def build(pipe: Pipeline) -> None:
             pipe.hgetall(k.delivery(item.delivery_id))
             pipe.hmget(
                 k.event(item.event_id),
@@ -483,7 +492,8 @@ class Ledger:
             )
             pipe.hget(k.subscribers, item.subscriber_id)
             pipe.hgetall(k.breaker(item.subscriber_id))
-            delivery, event_row, subscriber, breaker = await pipe.execute()
+
+        delivery, event_row, subscriber, breaker = await self._deliveries.run(build)
         event: dict[str, Any] = {}
         if event_row[0] is not None:
             event = {
@@ -521,31 +531,32 @@ class Ledger:
         mapping.update(fields or {})
         flat: list[str | int] = [x for pair in mapping.items() for x in pair]
         mode = {True: "ok", False: "fail", None: ""}[breaker]
-        await self._finish(
-            keys=[
-                k.delivery(item.delivery_id),
-                k.delivery_attempts(item.delivery_id),
-                k.retry_schedule,
-                k.dead,
-                k.ready_stream,
-                k.breaker(item.subscriber_id),
-                k.open_breakers,
-            ],
-            args=[
-                DELIVER_GROUP,
-                item.entry_id,
-                item.member,
-                item.delivery_id,
-                orjson.dumps(attempt) if attempt is not None else b"",
-                self.retention,
-                "" if retry_at is None else retry_at,
-                "1" if status is DeliveryStatus.dead else "0",
-                mode,
-                breaker_threshold,
-                now + probe_interval_ms,
-                item.subscriber_id,
-                *flat,
-            ],
+        keys = [
+            k.delivery(item.delivery_id),
+            k.delivery_attempts(item.delivery_id),
+            k.retry_schedule,
+            k.dead,
+            k.ready_stream,
+            k.breaker(item.subscriber_id),
+            k.open_breakers,
+        ]
+        args = [
+            DELIVER_GROUP,
+            item.entry_id,
+            item.member,
+            item.delivery_id,
+            orjson.dumps(attempt) if attempt is not None else b"",
+            self.retention,
+            "" if retry_at is None else retry_at,
+            "1" if status is DeliveryStatus.dead else "0",
+            mode,
+            breaker_threshold,
+            now + probe_interval_ms,
+            item.subscriber_id,
+            *flat,
+        ]
+        await self._deliveries.run(
+            lambda pipe: self._queue_script(pipe, self._finish, keys=keys, args=args)
         )
 
     async def ack(self, item: WorkItem) -> None:
