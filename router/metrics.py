@@ -6,6 +6,8 @@ as they are, not as it last saw them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -55,9 +57,19 @@ class Metrics:
         self.queue_depth = Gauge(
             "router_queue_depth", "Items waiting, by queue", ["queue"], registry=r
         )
+        self._received: dict[tuple[str, str], Any] = {}
         self.open_breakers = Gauge(
             "router_open_breakers", "Subscribers whose circuit breaker is open", registry=r
         )
+
+    def received(self, event: str, status: str) -> Any:
+        """The events-received counter for one (event, status), looked up once (hot path)."""
+        child = self._received.get((event, status))
+        if child is None:
+            child = self._received[(event, status)] = self.events_received.labels(
+                event=event, status=status
+            )
+        return child
 
 
 @resource.get("/metrics", summary="Prometheus metrics", scope=None)

@@ -64,6 +64,8 @@ async def read_body(request: web.Request) -> bytes:
     limit = settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body is larger than {limit} bytes")
+    if request.content.is_eof():  # already buffered in full (the common, small case)
+        return await request.read()
     try:
         async with asyncio.timeout(settings.client_timeout):
             return await request.read()
