@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import fakeredis
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from router.app import create_app
@@ -25,9 +26,31 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 REAL_REDIS_URL = os.environ.get("REDIS_URL")
 
 
+_USED_PREFIXES: set[str] = set()
+
+
 @pytest.fixture
 def key_prefix() -> str:
-    return "t" + uuid.uuid4().hex[:12]
+    prefix = "t" + uuid.uuid4().hex[:12]
+    _USED_PREFIXES.add(prefix)
+    return prefix
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_real_redis() -> Iterator[None]:
+    """Delete every test prefix's keys once more at the end of the session: an app torn down
+    after the `redis` fixture's own cleanup may have written a few keys (stream, heartbeat)."""
+    yield
+    if not REAL_REDIS_URL or not _USED_PREFIXES:
+        return
+    client = SyncRedis.from_url(REAL_REDIS_URL)
+    try:
+        for prefix in _USED_PREFIXES:
+            keys = list(client.scan_iter(match=Keys(prefix).pattern(), count=1000))
+            if keys:
+                client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture(params=["fakeredis", "redis"])
