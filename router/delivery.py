@@ -147,16 +147,19 @@ class DeliveryWorker:
         self.policy = RetryPolicy(settings.retry_schedule)
         self.capacity = settings.worker_concurrency
         self.per_subscriber = settings.subscriber_concurrency
-        # Work a subscriber at its bound may keep waiting in this process: enough to ride out
-        # a burst without a trip through Redis, never so much that one subscriber's backlog
-        # fills the capacity the others need (beyond it, work is parked in Redis).
+        # Work a subscriber at its bound may keep waiting in this process (beyond it, work is
+        # parked in Redis): enough to ride out a hot subscriber's bursts without a trip
+        # through Redis and the back of the queue.
         self.waiting_per_subscriber = max(2 * self.per_subscriber, self.capacity // 4)
         self._subscribers: dict[bytes, Subscriber] = {}  # parsed, by their exact JSON
         self.reclaim_after_ms = int(settings.reclaim_after * 1000)
         self._inflight: dict[str, int] = defaultdict(int)
         self._holding: set[str] = set()  # entry ids of started work holding a slot
         self._waiting: dict[str, deque[WorkItem]] = defaultdict(deque)
-        self._load = 0  # started + waiting locally
+        # Attempts started and not finished. Work waiting locally does not count: it is bounded
+        # per subscriber, and letting it count would let a few stuck subscribers' queues use
+        # up the capacity and stop this worker reading anyone else's work.
+        self._load = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._capacity_freed = asyncio.Event()
         self._parked: set[str] = set()  # subscribers this worker parked work for
@@ -230,7 +233,6 @@ class DeliveryWorker:
                 self._start(item)
             elif len(self._waiting[sub]) < self.waiting_per_subscriber:
                 self._waiting[sub].append(item)
-                self._load += 1
             else:
                 overflow.append(item)
         if overflow:
@@ -277,7 +279,6 @@ class DeliveryWorker:
         self._inflight[sub] -= 1
         queue = self._waiting.get(sub)
         if queue:
-            self._load -= 1
             self._start(queue.popleft())
         if not queue:
             self._waiting.pop(sub, None)

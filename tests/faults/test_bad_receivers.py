@@ -8,7 +8,7 @@ its end).
 
 Two configurations: the default breaker (20 consecutive failures open it), and the breaker out
 of reach, where every failure is retried on schedule and per-subscriber concurrency alone has to
-protect the healthy subscriber. Neither holds today (both xfail, see the README's findings).
+protect the healthy subscriber. Neither holds reliably yet (both xfail, see the README's findings).
 """
 
 from __future__ import annotations
@@ -68,9 +68,11 @@ NO_BREAKER = pytest.param(
     "1000000",
     id="breaker-out-of-reach",
     marks=pytest.mark.xfail(
-        strict=True,
-        reason="fast-failing subscribers' retries share one FIFO ready stream with healthy "
-        "deliveries; without the breaker they saturate the worker (healthy p99 ~0.1 s -> 2-4 s)",
+        strict=False,
+        reason="open: the 2x bound is not met reliably on a 2-core machine shared with the "
+        "load and the receivers. Parking fixed the queueing (healthy p99 0.1 s -> 2-4 s before, "
+        "17-67 ms -> 86-249 ms after); what remains is CPU contention. Non-strict: it passes "
+        "on some runs, and CI must not depend on which",
     ),
 )
 
@@ -79,10 +81,10 @@ DEFAULT_BREAKER = pytest.param(
     "20",
     id="default-breaker",
     marks=pytest.mark.xfail(
-        strict=True,
-        reason="healthy deliveries wait in the one FIFO ready stream behind the bad "
-        "subscribers' work (deferred entries released in bulk when the breaker's probe "
-        "interval ends; skips of paused ones): healthy p99 ~25-100 ms -> 0.7-1 s",
+        strict=False,
+        reason="open: the 2x bound is not met reliably on a 2-core machine shared with the "
+        "load and the receivers. Parking fixed the queueing (healthy p99 25-100 ms -> 0.7-1 s "
+        "before, 9-53 ms -> 111-228 ms after). Non-strict: it passes on some runs",
     ),
 )
 
