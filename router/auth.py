@@ -35,7 +35,7 @@ class Principal:
 
 
 ADMIN = Principal(key_id=None, scopes=frozenset(OPERATOR_SCOPES))
-PRINCIPAL = "principal"  # request-scoped; aiohttp requests take string keys
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def bearer_token(request: web.Request) -> str | None:
