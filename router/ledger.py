@@ -638,11 +638,6 @@ class Ledger:
         )
         return int(moved)
 
-    async def next_retry_due(self) -> int | None:
-        """Due time (ms) of the earliest waiting retry, or None."""
-        first = await self.redis.zrange(self.keys.retry_schedule, 0, 0, withscores=True)
-        return int(first[0][1]) if first else None
-
     # ---------------------------------------------------------------- operator reads
     async def delivery(self, delivery_id: str) -> dict[str, str] | None:
         raw = await self.redis.hgetall(self.keys.delivery(delivery_id))

@@ -39,7 +39,6 @@ class Operation:
     response: type[BaseModel] | None = None
     status: int = 200
     errors: tuple[int, ...] = ()
-    public_auth: bool = False  # authenticated some other way (ingest signatures), not by token
     extra_responses: dict[int, str] = field(default_factory=dict)
     # A body the handler reads itself (raw bytes kept), declared for the OpenAPI document only.
     documented_body: type[BaseModel] | None = None
@@ -107,7 +106,6 @@ class Resource:
         response: type[BaseModel] | None = None,
         status: int = 200,
         errors: tuple[int, ...] = (),
-        public_auth: bool = False,
         extra_responses: dict[int, str] | None = None,
         documented_body: type[BaseModel] | None = None,
     ) -> Callable[[HandlerFn], web.Handler]:
@@ -129,7 +127,6 @@ class Resource:
                 response=response,
                 status=status,
                 errors=errors,
-                public_auth=public_auth,
                 extra_responses=extra_responses or {},
                 documented_body=documented_body,
             )

@@ -394,10 +394,6 @@ class SubscriberStore:
             subscriber.id, subscriber.model_dump_json(), expected_version, leave, join
         )
 
-    async def delete(self, subscriber: Subscriber) -> bool:
-        """Remove the subscriber and its index entries; False if it was already gone."""
-        return await self._write(subscriber.id, "", None, sorted(set(subscriber.scopes)), [])
-
     async def _write(
         self,
         subscriber_id: str,
