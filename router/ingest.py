@@ -28,6 +28,7 @@ from subscriptions.ids import new_id, now_ms
 log = logging.getLogger("router.ingest")
 resource = Resource("ingest")
 
+MAX_EVENT_NAME = 200  # as documented for every path parameter
 REDIS_DOWN_RETRY_AFTER = 10
 OVERLOAD_RETRY_AFTER = 30
 
@@ -124,6 +125,8 @@ async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
         raise ApiError(401, "UNAUTHENTICATED", reason)
     if path_event is not None and not _encodable(path_event):
         raise validation_failed([("event_type", "must be valid Unicode text")])
+    if path_event is not None and len(path_event) > MAX_EVENT_NAME:
+        raise validation_failed([("event_type", f"longer than {MAX_EVENT_NAME} characters")])
     catalog = app[CATALOG]
     event_name = catalog.event_for_payload_type(path_event or payload_type)
     webhook_id = _optional_str(payload, "webhookId") or request.headers.get("webhook-id") or None

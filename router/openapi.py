@@ -105,7 +105,13 @@ def _operation(
         "tags": [op.tag],
     }
     parameters = [
-        {"name": param, "in": "path", "required": True, "schema": {"type": "string"}}
+        # Ids are short; the bound keeps a conforming URL within aiohttp's request line.
+        {
+            "name": param,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+        }
         for param in _PATH_PARAM.findall(op.path)
     ]
     if op.query is not None:

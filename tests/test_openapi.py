@@ -119,10 +119,15 @@ async def test_body_and_response_reference_their_models(document: dict[str, Any]
     assert "write_api_keys" in scopes["items"]["enum"]
 
 
-async def test_path_parameters_are_required_strings(document: dict[str, Any]) -> None:
+async def test_path_parameters_are_required_bounded_strings(document: dict[str, Any]) -> None:
     operation = document["paths"]["/v1/api-keys/{id}"]["get"]
     assert operation["parameters"] == [
-        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+        {
+            "name": "id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+        }
     ]
 
 

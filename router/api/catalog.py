@@ -22,7 +22,9 @@ class EventScope(BaseModel):
 class EndpointQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
     method: str = Field(min_length=1, max_length=16, description="HTTP method, e.g. GET")
-    path: str = Field(min_length=1, max_length=2048, description="e.g. /contacts/abc123")
+    # 512 characters, percent-encoded at up to 12 bytes each, still fit aiohttp's 8190-byte
+    # request line; a longer limit would let a conforming request be refused before routing.
+    path: str = Field(min_length=1, max_length=512, description="e.g. /contacts/abc123")
 
 
 class EndpointScope(BaseModel):
