@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from router.app import create_app
 from router.connections import open_redis
@@ -57,6 +58,15 @@ def _prepare(overrides: dict[str, Any]) -> Settings:
     return settings
 
 
+def with_admin_token(settings: Settings) -> tuple[Settings, str | None]:
+    """`settings` with an admin token: its own, or a new random one (returned, to be shown)."""
+    if settings.admin_token is not None:
+        return settings, None
+    token = "wra_" + secrets.token_urlsafe(32)
+    # model_copy does not validate: the value must already be the field's type.
+    return settings.model_copy(update={"admin_token": SecretStr(token)}), token
+
+
 def _use_uvloop() -> None:
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -66,12 +76,10 @@ def _use_uvloop() -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    settings = _prepare({"host": args.host, "port": args.port})
-    if settings.admin_token is None:
-        token = "wra_" + secrets.token_urlsafe(32)
-        settings = settings.model_copy(update={"admin_token": token})
+    settings, generated = with_admin_token(_prepare({"host": args.host, "port": args.port}))
+    if generated is not None:
         # Printed, never logged: this is the only time anyone can see it.
-        print(f"ROUTER_ADMIN_TOKEN was not set; generated admin token: {token}", flush=True)
+        print(f"ROUTER_ADMIN_TOKEN was not set; generated admin token: {generated}", flush=True)
     if settings.embedded:
         log.warning(
             "REDIS_URL is not set: running on the embedded in-memory store; "
