@@ -400,8 +400,10 @@ async def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
 def read_records(receivers: Iterable[Receiver]) -> list[dict[str, Any]]:
     records = []
     for receiver in receivers:
-        text = receiver.out.read_text()
-        for line in text.splitlines():
+        # The receiver may be appending while we read: a last line with no newline yet is
+        # not a record (it is read in full next time).
+        complete, _, _partial = receiver.out.read_text().rpartition("\n")
+        for line in complete.split("\n"):
             if line.strip():
                 records.append(json.loads(line))
     return records
