@@ -575,18 +575,6 @@ class Ledger:
     async def release_probe(self, subscriber_id: str) -> None:
         await self.redis.delete(self.keys.probe_lock(subscriber_id))
 
-    async def defer(self, items: Sequence[WorkItem], due_ms: int) -> None:
-        """Put work back for later without counting an attempt (breaker open, or the
-        subscriber's concurrency bound reached): scheduled and acknowledged atomically."""
-        if not items:
-            return
-        k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(k.retry_schedule, {item.member: due_ms for item in items})
-            pipe.xack(k.ready_stream, DELIVER_GROUP, *[i.entry_id for i in items])
-            pipe.xdel(k.ready_stream, *[i.entry_id for i in items])
-            await pipe.execute()
-
     async def park(self, items: Sequence[WorkItem]) -> None:
         """Set work aside until its subscriber has room (`release_parked`), acknowledged
         atomically: a subscriber that cannot take more work keeps it out of the shared ready
@@ -627,9 +615,17 @@ class Ledger:
         return [(sub, int(until or 0) <= now) for sub, until in zip(subs, rows, strict=True)]
 
     async def hand_back(self, items: Sequence[WorkItem]) -> None:
-        """Requeue work this process took but will not start (shutdown), for any worker."""
-        await self.defer(items, 0)
-        await self.move_due_retries()
+        """Requeue work this process took but will not start (shutdown) as fresh ready
+        entries any worker can read, acknowledging the old ones in the same transaction."""
+        if not items:
+            return
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for item in items:
+                pipe.xadd(k.ready_stream, {"m": item.member})
+            pipe.xack(k.ready_stream, DELIVER_GROUP, *[i.entry_id for i in items])
+            pipe.xdel(k.ready_stream, *[i.entry_id for i in items])
+            await pipe.execute()
 
     async def move_due_retries(self, limit: int = 1000) -> int:
         """Move deliveries whose retry time has come back to the ready stream (atomic)."""

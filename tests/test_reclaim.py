@@ -67,3 +67,17 @@ async def test_events_of_a_dead_dispatcher_are_claimed_at_once(
     claimed = await ledger.claim_stale_events("survivor", min_idle_ms=3_600_000)
 
     assert [event_id for _, event_id in claimed] == ["evt_1"]
+
+
+async def test_work_handed_back_at_shutdown_is_readable_by_another_worker_at_once(
+    redis: Redis, key_prefix: str
+) -> None:
+    ledger = make_ledger(redis, key_prefix)
+    await queue_ready(ledger, 2)
+    taken = await ledger.read_ready("draining", 10, 0)
+
+    await ledger.hand_back(taken)
+
+    again = await ledger.read_ready("other", 10, 0)
+    assert sorted(i.delivery_id for i in again) == ["dlv_0", "dlv_1"]
+    assert (await redis.xpending(ledger.keys.ready_stream, "deliver"))["pending"] == 2
