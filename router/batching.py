@@ -1,68 +1,84 @@
-"""Micro-batching of Redis work: concurrent callers share one pipeline round trip.
+"""Micro-batching of Redis work: concurrent callers share one round trip.
 
-Ingest accepts, delivery contexts and delivery outcomes are each a handful of commands; sent
-one caller at a time, round trips and per-call client overhead dominate. A caller hands the
-batcher a function that queues its commands on a pipeline and awaits its own results: nothing
-is reported done before its own commands are confirmed, and an error fails only its owner.
+Ingest accepts, delivery contexts and delivery outcomes are each a little Redis work; sent one
+caller at a time, round trips and per-command client overhead dominate (redis-py parses every
+reply of a pipeline under its own timeout context). A caller hands the batcher its item and
+awaits its own result: nothing is reported done before its own work is confirmed, and an error
+in one item's result fails only that item's caller.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio.client import Pipeline
 
-Build = Callable[[Pipeline], Awaitable[None]]
-RunPipeline = Callable[..., Awaitable[list[Any]]]
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Results for a batch, in item order; an exception in place of a result fails its item only.
+Flush = Callable[[list[T]], Awaitable[Sequence[R | Exception]]]
 
 
-class PipelineBatcher:
-    """Queues callers' commands and sends whatever has accumulated as one pipeline."""
+class MicroBatcher(Generic[T, R]):
+    """Queues callers' items and flushes whatever has accumulated as one batch."""
 
     def __init__(
-        self, run_pipeline: RunPipeline, max_batch: int = 128, max_in_flight: int = 4
+        self,
+        flush: Flush[T, R],
+        *,
+        max_batch: int = 128,
+        max_in_flight: int = 4,
+        weight: Callable[[T], int] | None = None,
+        max_weight: int = 0,
     ) -> None:
-        self._run_pipeline = run_pipeline
+        self._flush = flush
         self._max_batch = max_batch
-        # Several pipelines may be in flight: one lane would make every caller wait for the
+        # Several batches may be in flight: one lane would make every caller wait for the
         # round trip ahead of it, and latency would grow with load instead of batch size.
         self._max_in_flight = max_in_flight
-        self._queue: list[tuple[Build, asyncio.Future[list[Any]]]] = []
+        # Bounds a batch's size in another unit (body bytes), so one flush cannot grow into
+        # a command that blocks Redis for long; a single item is always sent, whatever it weighs.
+        self._weight = weight
+        self._max_weight = max_weight
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._drainers: set[asyncio.Task[None]] = set()
 
-    async def run(self, build: Build) -> list[Any]:
-        """The results of the commands `build` queued, once Redis has answered them.
+    async def run(self, item: T) -> R:
+        """The result for `item`, once its batch has been flushed.
 
-        Raises the first error among them (or the pipeline's own, e.g. a lost connection).
+        Raises the item's own error, or the flush's (e.g. a lost connection).
         """
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append((build, future))
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
         if len(self._drainers) < self._max_in_flight:
             drainer = asyncio.create_task(self._drain())
             self._drainers.add(drainer)
             drainer.add_done_callback(self._drainers.discard)
         return await future
 
+    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        end = min(len(self._queue), self._max_batch)
+        if self._weight is not None:
+            total = 0
+            for i in range(end):
+                total += self._weight(self._queue[i][0])
+                if total > self._max_weight and i > 0:
+                    end = i
+                    break
+        batch = self._queue[:end]
+        del self._queue[:end]
+        return batch
+
     async def _drain(self) -> None:
         while self._queue:
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            await self._send(batch)
+            await self._send(self._take())
 
-    async def _send(self, batch: list[tuple[Build, asyncio.Future[list[Any]]]]) -> None:
-        counts: list[int] = []
-
-        async def build_all(pipe: Pipeline) -> None:
-            counts.clear()
-            for build, _ in batch:
-                before = len(pipe.command_stack)
-                await build(pipe)
-                counts.append(len(pipe.command_stack) - before)
-
+    async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
-            results = await self._run_pipeline(build_all, raise_on_error=False)
+            results = await self._flush([item for item, _ in batch])
         except BaseException as exc:  # every waiter must hear about it, whatever it was
             for _, future in batch:
                 if not future.done():
@@ -70,14 +86,41 @@ class PipelineBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        start = 0
-        for (_, future), count in zip(batch, counts, strict=True):
-            mine = results[start : start + count]
-            start += count
+        for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # its caller was cancelled
                 continue
-            error = next((r for r in mine if isinstance(r, Exception)), None)
-            if error is not None:
-                future.set_exception(error)
+            if isinstance(result, Exception):
+                future.set_exception(result)
             else:
-                future.set_result(mine)
+                future.set_result(result)
+
+
+Build = Callable[[Pipeline], Awaitable[None]]
+RunPipeline = Callable[..., Awaitable[list[Any]]]
+
+
+def pipeline_batcher(run_pipeline: RunPipeline) -> MicroBatcher[Build, list[Any]]:
+    """Callers queue commands on a shared pipeline; each gets the replies to its own commands
+    (or the first error among them)."""
+
+    async def flush(builds: list[Build]) -> list[list[Any] | Exception]:
+        counts: list[int] = []
+
+        async def build_all(pipe: Pipeline) -> None:
+            counts.clear()  # run_pipeline builds again if it has to retry
+            for build in builds:
+                before = len(pipe.command_stack)
+                await build(pipe)
+                counts.append(len(pipe.command_stack) - before)
+
+        replies = await run_pipeline(build_all, raise_on_error=False)
+        out: list[list[Any] | Exception] = []
+        start = 0
+        for count in counts:
+            mine = replies[start : start + count]
+            start += count
+            error = next((r for r in mine if isinstance(r, Exception)), None)
+            out.append(error if error is not None else mine)
+        return out
+
+    return MicroBatcher(flush)

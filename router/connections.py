@@ -7,10 +7,15 @@ for byte, so decoding is the caller's choice, field by field.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import fakeredis
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -18,6 +23,27 @@ from router.settings import Settings
 
 # Errors that mean "Redis cannot be reached right now": ingest answers 429, workers back off.
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class HiredisPacking:
+    """Commands packed by hiredis (C) instead of redis-py's pure-Python packer.
+
+    redis-py does this for its synchronous connections but not its asyncio ones, where
+    packing arguments was the largest single cost in ingest and delivery profiles.
+    """
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._packer.pack(*args)
+
+    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
+        # One buffer per pipeline: the event loop writes it with a single send.
+        return [b"".join(self._packer.pack(*cmd)[0] for cmd in commands)]
+
+
+def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    return type(f"Hiredis{cls.__name__}", (HiredisPacking, cls), {})
 
 
 def open_redis(settings: Settings) -> Redis:
@@ -28,7 +54,7 @@ def open_redis(settings: Settings) -> Redis:
     """
     if settings.redis_url is None:
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=False)
-    return Redis.from_url(
+    client = Redis.from_url(
         settings.redis_url,
         decode_responses=False,
         socket_timeout=5,
@@ -38,3 +64,7 @@ def open_redis(settings: Settings) -> Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         max_connections=256,
     )
+    # The URL picks the connection class (TCP, TLS, unix socket); each gets the C packer.
+    pool = client.connection_pool
+    pool.connection_class = _hiredis_packing(pool.connection_class)
+    return client

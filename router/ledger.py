@@ -27,13 +27,16 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
-from router.batching import PipelineBatcher
+from router.batching import MicroBatcher, pipeline_batcher
 from subscriptions.ids import id_floor, now_ms
 from subscriptions.keys import Keys
 
 DISPATCH_GROUP = "dispatch"
 DELIVER_GROUP = "deliver"
 STALE_CONSUMER_MS = 3_600_000
+# One accept call carries at most this many body bytes (and 128 events): a script call is
+# atomic, and a huge one would hold Redis up for everyone else.
+ACCEPT_BATCH_BYTES = 1_048_576
 
 
 class EventStatus(StrEnum):
@@ -99,25 +102,43 @@ def delivery_id_for(event_id: str, subscriber_id: str) -> str:
     return f"dlv_{event_id.removeprefix('evt_')}{suffix}"
 
 
+# A batch of accepts in one call (concurrent requests share it; see `router.batching`).
+# KEYS: events stream, stats, then per event: its hash, its dedupe key. ARGV: retention,
+# dedupe window, max backlog, then per event: id, body, event, payload type, location,
+# company, webhook id ('' = none), received at, status ('accepted'/'unroutable').
+# Returns (status, event id) per event: the original's id for a duplicate.
 _ACCEPT = """
-if ARGV[13] == '1' then
-  local prior = redis.call('GET', KEYS[3])
-  if prior then return {'duplicate', prior} end
+local out = {}
+local backlog = redis.call('XLEN', KEYS[1])
+for i = 0, (#KEYS - 2) / 2 - 1 do
+  local a = 4 + 9 * i
+  local event_key, dedupe_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local id, webhook, status = ARGV[a], ARGV[a + 6], ARGV[a + 8]
+  local prior = false
+  if webhook ~= '' then prior = redis.call('GET', dedupe_key) end
+  if prior then
+    out[#out + 1] = 'duplicate'
+    out[#out + 1] = prior
+  elseif status == 'accepted' and backlog >= tonumber(ARGV[3]) then
+    out[#out + 1] = 'overloaded'
+    out[#out + 1] = ''
+  else
+    redis.call('HSET', event_key, 'body', ARGV[a + 1], 'event', ARGV[a + 2],
+      'payload_type', ARGV[a + 3], 'location_id', ARGV[a + 4], 'company_id', ARGV[a + 5],
+      'webhook_id', webhook, 'received_at', ARGV[a + 7], 'status', status)
+    redis.call('EXPIRE', event_key, ARGV[1])
+    if webhook ~= '' then redis.call('SET', dedupe_key, id, 'EX', ARGV[2]) end
+    if status == 'accepted' then
+      redis.call('XADD', KEYS[1], '*', 'e', id)
+      backlog = backlog + 1
+    else
+      redis.call('HINCRBY', KEYS[2], 'unroutable', 1)
+    end
+    out[#out + 1] = status
+    out[#out + 1] = id
+  end
 end
-if ARGV[9] == 'accepted' and redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[12]) then
-  return {'overloaded', ''}
-end
-redis.call('HSET', KEYS[1], 'body', ARGV[2], 'event', ARGV[3], 'payload_type', ARGV[4],
-  'location_id', ARGV[5], 'company_id', ARGV[6], 'webhook_id', ARGV[7],
-  'received_at', ARGV[8], 'status', ARGV[9])
-redis.call('EXPIRE', KEYS[1], ARGV[10])
-if ARGV[13] == '1' then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[11]) end
-if ARGV[9] == 'accepted' then
-  redis.call('XADD', KEYS[2], '*', 'e', ARGV[1])
-else
-  redis.call('HINCRBY', KEYS[4], 'unroutable', 1)
-end
-return {ARGV[9], ARGV[1]}
+return out
 """
 
 # KEYS: events stream, ready stream, deliveries index, event's deliveries, then per
@@ -224,54 +245,45 @@ class Ledger:
         self._finish = redis.register_script(_FINISH)
         self._scripts_loaded = False
         # Ingest and delivery each get their own lanes, so neither waits behind the other.
-        self._accepts = PipelineBatcher(self.run_pipeline)
-        self._deliveries = PipelineBatcher(self.run_pipeline)
+        self._accepts = MicroBatcher(
+            self._accept_batch, weight=lambda e: len(e.body), max_weight=ACCEPT_BATCH_BYTES
+        )
+        self._deliveries = pipeline_batcher(self.run_pipeline)
 
     # ---------------------------------------------------------------- ingest
-    async def queue_accept(self, pipe: Pipeline, event: IncomingEvent) -> None:
-        """Add the atomic accept of `event` to `pipe` (its result is read by `accept_result`)."""
-        k = self.keys
-        dedupe_key = k.dedupe(event.webhook_id or event.event_id)
-        await self._queue_script(
-            pipe,
-            self._accept,
-            keys=[k.event(event.event_id), k.events_stream, dedupe_key, k.stats],
-            args=[
-                event.event_id,
-                event.body,
-                event.event,
-                event.payload_type,
-                event.location_id or "",
-                event.company_id or "",
-                event.webhook_id or "",
-                event.received_at,
-                EventStatus.accepted if event.routable else EventStatus.unroutable,
-                self.retention,
-                self.dedupe_window,
-                self.max_backlog,
-                "1" if event.webhook_id else "0",
-            ],
-        )
-
-    @staticmethod
-    def accept_result(result: Any) -> tuple[EventStatus, str]:
-        """(status, event id) from one accept; the id is the original's for a duplicate.
-
-        Raises Overloaded if the event was refused for backlog.
-        """
-        status, event_id = (x.decode() for x in result)
-        if status == "overloaded":
-            raise Overloaded
-        return EventStatus(status), event_id
-
     async def accept(self, event: IncomingEvent) -> tuple[EventStatus, str]:
-        """Store `event` durably (dedupe, backlog check, stream entry) in one script, in the
-        same round trip as other requests' accepts; returns once its own write is confirmed.
+        """Store `event` durably (dedupe, backlog check, stream entry) in one script call
+        shared with concurrent requests' accepts; returns once its own write is confirmed,
+        with its status and id (the original's id for a duplicate).
 
         Raises Overloaded if the dispatch backlog is full.
         """
-        (result,) = await self._accepts.run(lambda pipe: self.queue_accept(pipe, event))
-        return self.accept_result(result)
+        status, event_id = await self._accepts.run(event)
+        if status == b"overloaded":
+            raise Overloaded
+        return EventStatus(status.decode()), event_id.decode()
+
+    async def _accept_batch(self, events: list[IncomingEvent]) -> list[tuple[bytes, bytes]]:
+        k = self.keys
+        keys = [k.events_stream, k.stats]
+        args: list[str | bytes | int] = [self.retention, self.dedupe_window, self.max_backlog]
+        for e in events:
+            keys += [k.event(e.event_id), k.dedupe(e.webhook_id or e.event_id)]
+            args += [
+                e.event_id,
+                e.body,
+                e.event,
+                e.payload_type,
+                e.location_id or "",
+                e.company_id or "",
+                e.webhook_id or "",
+                e.received_at,
+                EventStatus.accepted if e.routable else EventStatus.unroutable,
+            ]
+        (reply,) = await self.run_pipeline(
+            lambda pipe: self._queue_script(pipe, self._accept, keys=keys, args=args)
+        )
+        return [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
 
     async def _queue_script(
         self, pipe: Pipeline, script: AsyncScript, *, keys: list[str], args: list[Any]
