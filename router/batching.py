@@ -1,19 +1,17 @@
-"""Micro-batching of Redis work: concurrent callers share one round trip.
+"""Micro-batching of Redis work: concurrent callers share one script call.
 
-Ingest accepts, delivery contexts and delivery outcomes are each a little Redis work; sent one
+Ingest accepts, attempt contexts and delivery outcomes are each a little Redis work; sent one
 caller at a time, round trips and per-command client overhead dominate (redis-py parses every
-reply of a pipeline under its own timeout context). A caller hands the batcher its item and
-awaits its own result: nothing is reported done before its own work is confirmed, and an error
-in one item's result fails only that item's caller.
+reply of a pipeline under its own timeout context), so each is one script call per batch. A
+caller hands the batcher its item and awaits its own result: nothing is reported done before
+its own work is confirmed, and an error in one item's result fails only that item's caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
-
-from redis.asyncio.client import Pipeline
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -93,34 +91,3 @@ class MicroBatcher(Generic[T, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
-
-
-Build = Callable[[Pipeline], Awaitable[None]]
-RunPipeline = Callable[..., Awaitable[list[Any]]]
-
-
-def pipeline_batcher(run_pipeline: RunPipeline) -> MicroBatcher[Build, list[Any]]:
-    """Callers queue commands on a shared pipeline; each gets the replies to its own commands
-    (or the first error among them)."""
-
-    async def flush(builds: list[Build]) -> list[list[Any] | Exception]:
-        counts: list[int] = []
-
-        async def build_all(pipe: Pipeline) -> None:
-            counts.clear()  # run_pipeline builds again if it has to retry
-            for build in builds:
-                before = len(pipe.command_stack)
-                await build(pipe)
-                counts.append(len(pipe.command_stack) - before)
-
-        replies = await run_pipeline(build_all, raise_on_error=False)
-        out: list[list[Any] | Exception] = []
-        start = 0
-        for count in counts:
-            mine = replies[start : start + count]
-            start += count
-            error = next((r for r in mine if isinstance(r, Exception)), None)
-            out.append(error if error is not None else mine)
-        return out
-
-    return MicroBatcher(flush)

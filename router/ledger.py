@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from redis.asyncio import Redis
@@ -27,7 +27,7 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
-from router.batching import MicroBatcher, pipeline_batcher
+from router.batching import MicroBatcher
 from subscriptions.ids import id_floor, now_ms
 from subscriptions.keys import Keys
 
@@ -92,6 +92,15 @@ class WorkItem:
         delivery_id, subscriber_id, event_id = text.split(" ")
         eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         return cls(eid, delivery_id, subscriber_id, event_id)
+
+
+class AttemptContext(NamedTuple):
+    """What `Ledger.attempt_context` found for one delivery."""
+
+    delivery: dict[str, str]  # empty: the record expired
+    event: dict[str, Any]  # body, event, location_id, company_id, received_at; empty: expired
+    subscriber: bytes | None  # the subscriber's JSON; None: deleted
+    breaker: dict[str, str]  # failures, open_until; empty: closed
 
 
 def delivery_id_for(event_id: str, subscriber_id: str) -> str:
@@ -182,31 +191,62 @@ if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) e
 return #members / 2
 """
 
-# KEYS: delivery, its attempts, retry set, dead set, ready stream, subscriber's breaker, open
-# breakers. ARGV: group, entry id, work member, delivery id, attempt JSON ('' = none),
+# A batch of outcomes in one call (see `router.batching`).
+# KEYS: retry set, dead set, ready stream, open breakers, then per outcome: the delivery, its
+# attempts, its subscriber's breaker. ARGV per outcome: the number of field/value values
+# that end it, group, entry id, work member, delivery id, attempt JSON ('' = none),
 # retention, retry due ('' = none), dead ('1'/'0'), breaker ('ok'/'fail'/''), breaker
 # threshold, open until, subscriber id, then the delivery's field/value pairs.
 _FINISH = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 13))
-if ARGV[5] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[5])
-  redis.call('EXPIRE', KEYS[2], ARGV[6])
-end
-if ARGV[7] ~= '' then redis.call('ZADD', KEYS[3], ARGV[7], ARGV[3]) end
-if ARGV[8] == '1' then redis.call('ZADD', KEYS[4], 0, ARGV[4]) end
-redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[5], ARGV[2])
-if ARGV[9] == 'ok' then
-  if redis.call('DEL', KEYS[6]) == 1 then redis.call('SREM', KEYS[7], ARGV[12]) end
-elseif ARGV[9] == 'fail' then
-  local failures = redis.call('HINCRBY', KEYS[6], 'failures', 1)
-  redis.call('EXPIRE', KEYS[6], ARGV[6])
-  if failures >= tonumber(ARGV[10]) then
-    redis.call('HSET', KEYS[6], 'open_until', ARGV[11])
-    redis.call('SADD', KEYS[7], ARGV[12])
+local a = 0
+for i = 0, (#KEYS - 4) / 3 - 1 do
+  local delivery, attempts, breaker = KEYS[5 + 3 * i], KEYS[6 + 3 * i], KEYS[7 + 3 * i]
+  local nfields = tonumber(ARGV[a + 1])
+  local group, entry, member, dlv = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local attempt, retention, due, dead = ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]
+  local mode, threshold, open_until, sub = ARGV[a + 10], ARGV[a + 11], ARGV[a + 12], ARGV[a + 13]
+  redis.call('HSET', delivery, unpack(ARGV, a + 14, a + 13 + nfields))
+  if attempt ~= '' then
+    redis.call('RPUSH', attempts, attempt)
+    redis.call('EXPIRE', attempts, retention)
   end
+  if due ~= '' then redis.call('ZADD', KEYS[1], due, member) end
+  if dead == '1' then redis.call('ZADD', KEYS[2], 0, dlv) end
+  redis.call('XACK', KEYS[3], group, entry)
+  redis.call('XDEL', KEYS[3], entry)
+  if mode == 'ok' then
+    if redis.call('DEL', breaker) == 1 then redis.call('SREM', KEYS[4], sub) end
+  elseif mode == 'fail' then
+    local failures = redis.call('HINCRBY', breaker, 'failures', 1)
+    redis.call('EXPIRE', breaker, retention)
+    if failures >= tonumber(threshold) then
+      redis.call('HSET', breaker, 'open_until', open_until)
+      redis.call('SADD', KEYS[4], sub)
+    end
+  end
+  a = a + 13 + nfields
 end
 return 1
+"""
+
+# Everything a batch of attempts needs, in one call (see `router.batching`); each event and
+# subscriber once, however many of the batch's deliveries share it.
+# KEYS: subscribers hash, then n deliveries, s breakers, m events. ARGV: n, s, s subscriber
+# ids. Returns the n deliveries (HGETALL), s subscribers (JSON or nil), s breakers (HGETALL)
+# and m events (body, event, location, company, received at).
+_CONTEXTS = """
+local n, s = tonumber(ARGV[1]), tonumber(ARGV[2])
+local deliveries, subscribers, breakers, events = {}, {}, {}, {}
+for i = 1, n do deliveries[i] = redis.call('HGETALL', KEYS[1 + i]) end
+for i = 1, s do
+  subscribers[i] = redis.call('HGET', KEYS[1], ARGV[2 + i])
+  breakers[i] = redis.call('HGETALL', KEYS[1 + n + i])
+end
+for i = 2 + n + s, #KEYS do
+  events[#events + 1] = redis.call('HMGET', KEYS[i], 'body', 'event', 'location_id',
+    'company_id', 'received_at')
+end
+return {deliveries, subscribers, breakers, events}
 """
 
 _MOVE_DUE = """
@@ -221,6 +261,11 @@ return #due
 
 def _s(value: bytes | None) -> str | None:
     return None if value is None or value == b"" else value.decode()
+
+
+def _pairs(flat: list[bytes]) -> dict[str, str]:
+    """A hash as a script returns it (field, value, field, value...), decoded."""
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
 def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:
@@ -243,12 +288,14 @@ class Ledger:
         self._move_due = redis.register_script(_MOVE_DUE)
         self._release_parked = redis.register_script(_RELEASE_PARKED)
         self._finish = redis.register_script(_FINISH)
+        self._contexts_script = redis.register_script(_CONTEXTS)
         self._scripts_loaded = False
         # Ingest and delivery each get their own lanes, so neither waits behind the other.
         self._accepts = MicroBatcher(
             self._accept_batch, weight=lambda e: len(e.body), max_weight=ACCEPT_BATCH_BYTES
         )
-        self._deliveries = pipeline_batcher(self.run_pipeline)
+        self._contexts = MicroBatcher(self._context_batch)
+        self._outcomes = MicroBatcher(self._finish_batch)
 
     # ---------------------------------------------------------------- ingest
     async def accept(self, event: IncomingEvent) -> tuple[EventStatus, str]:
@@ -291,7 +338,7 @@ class Ledger:
         """Queue `script` by its digest. (redis-py's own script support asks the server
         SCRIPT EXISTS before every pipeline: a round trip per batch this avoids.)"""
         if not self._scripts_loaded:
-            for loaded in (self._accept, self._create, self._finish):
+            for loaded in (self._accept, self._create, self._finish, self._contexts_script):
                 await self.redis.script_load(loaded.script)
             self._scripts_loaded = True
         pipe.evalsha(script.sha, len(keys), *keys, *args)
@@ -489,33 +536,52 @@ class Ledger:
             )
         return [WorkItem.parse(entry, member) for entry, member in raw]
 
-    async def attempt_context(
-        self, item: WorkItem
-    ) -> tuple[dict[str, str], dict[str, Any], bytes | None, dict[str, str]]:
-        """Everything one attempt needs, in one round trip: the delivery, the event (raw body
-        included), the subscriber's JSON and its breaker state. Empty dicts for missing ones."""
+    async def attempt_context(self, item: WorkItem) -> AttemptContext:
+        """Everything one attempt needs: the delivery, the event (raw body included), the
+        subscriber's JSON and its breaker state; empty or None for missing ones. Fetched in
+        one script call shared with the attempts starting alongside it."""
+        return await self._contexts.run(item)
+
+    async def _context_batch(self, items: list[WorkItem]) -> list[AttemptContext]:
         k = self.keys
-
-        async def build(pipe: Pipeline) -> None:
-            pipe.hgetall(k.delivery(item.delivery_id))
-            pipe.hmget(
-                k.event(item.event_id),
-                ["body", "event", "location_id", "company_id", "received_at"],
+        subs = list(dict.fromkeys(item.subscriber_id for item in items))
+        event_ids = list(dict.fromkeys(item.event_id for item in items))
+        keys = [
+            k.subscribers,
+            *(k.delivery(item.delivery_id) for item in items),
+            *(k.breaker(sub) for sub in subs),
+            *(k.event(event_id) for event_id in event_ids),
+        ]
+        (reply,) = await self.run_pipeline(
+            lambda pipe: self._queue_script(
+                pipe, self._contexts_script, keys=keys, args=[len(items), len(subs), *subs]
             )
-            pipe.hget(k.subscribers, item.subscriber_id)
-            pipe.hgetall(k.breaker(item.subscriber_id))
-
-        delivery, event_row, subscriber, breaker = await self._deliveries.run(build)
-        event: dict[str, Any] = {}
-        if event_row[0] is not None:
-            event = {
-                "body": event_row[0],
-                "event": _s(event_row[1]),
-                "location_id": _s(event_row[2]),
-                "company_id": _s(event_row[3]),
-                "received_at": int(event_row[4] or 0),
-            }
-        return decode_hash(delivery), event, subscriber, decode_hash(breaker)
+        )
+        deliveries, raw_subs, breakers, event_rows = reply
+        subscriber = dict(zip(subs, raw_subs, strict=True))
+        breaker = {sub: _pairs(raw) for sub, raw in zip(subs, breakers, strict=True)}
+        events: dict[str, dict[str, Any]] = {}
+        for event_id, row in zip(event_ids, event_rows, strict=True):
+            events[event_id] = (
+                {
+                    "body": row[0],
+                    "event": _s(row[1]),
+                    "location_id": _s(row[2]),
+                    "company_id": _s(row[3]),
+                    "received_at": int(row[4] or 0),
+                }
+                if row[0] is not None
+                else {}
+            )
+        return [
+            AttemptContext(
+                _pairs(raw),
+                events[item.event_id],
+                subscriber[item.subscriber_id],
+                breaker[item.subscriber_id],
+            )
+            for item, raw in zip(items, deliveries, strict=True)
+        ]
 
     async def finish(
         self,
@@ -529,9 +595,10 @@ class Ledger:
         breaker_threshold: int = 0,
         probe_interval_ms: int = 0,
     ) -> None:
-        """Record the outcome of handling `item`, atomically (one script): the delivery's new
-        state, the attempt (if one was made), its retry or dead-letter entry, the stream ack,
-        and the subscriber's breaker.
+        """Record the outcome of handling `item`, atomically (one script call, shared with
+        other outcomes recorded alongside it): the delivery's new state, the attempt (if one
+        was made), its retry or dead-letter entry, the stream ack, and the subscriber's
+        breaker.
 
         `breaker` is True for a success (closes the subscriber's breaker), False for a failed
         attempt (counts towards opening it for `probe_interval_ms` at `breaker_threshold`
@@ -542,17 +609,13 @@ class Ledger:
         mapping: dict[str, str | int] = {"status": status.value, "updated_at": now}
         mapping.update(fields or {})
         flat: list[str | int] = [x for pair in mapping.items() for x in pair]
-        mode = {True: "ok", False: "fail", None: ""}[breaker]
-        keys = [
+        keys = (
             k.delivery(item.delivery_id),
             k.delivery_attempts(item.delivery_id),
-            k.retry_schedule,
-            k.dead,
-            k.ready_stream,
             k.breaker(item.subscriber_id),
-            k.open_breakers,
-        ]
-        args = [
+        )
+        args = (
+            len(flat),
             DELIVER_GROUP,
             item.entry_id,
             item.member,
@@ -561,15 +624,27 @@ class Ledger:
             self.retention,
             "" if retry_at is None else retry_at,
             "1" if status is DeliveryStatus.dead else "0",
-            mode,
+            {True: "ok", False: "fail", None: ""}[breaker],
             breaker_threshold,
             now + probe_interval_ms,
             item.subscriber_id,
             *flat,
-        ]
-        await self._deliveries.run(
+        )
+        await self._outcomes.run((keys, args))
+
+    async def _finish_batch(
+        self, outcomes: list[tuple[tuple[str, ...], tuple[Any, ...]]]
+    ) -> list[None]:
+        k = self.keys
+        keys = [k.retry_schedule, k.dead, k.ready_stream, k.open_breakers]
+        args: list[Any] = []
+        for own_keys, own_args in outcomes:
+            keys += own_keys
+            args += own_args
+        await self.run_pipeline(
             lambda pipe: self._queue_script(pipe, self._finish, keys=keys, args=args)
         )
+        return [None] * len(outcomes)
 
     async def ack(self, item: WorkItem) -> None:
         """Drop a queue entry that needs no attempt, changing no delivery record."""

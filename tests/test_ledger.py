@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from redis.asyncio import Redis
 
-from router.ledger import EventStatus, IncomingEvent, Ledger, Overloaded
+from router.ledger import DeliveryStatus, EventStatus, IncomingEvent, Ledger, Overloaded, WorkItem
 from subscriptions.ids import new_id, now_ms
 from subscriptions.keys import Keys
 
@@ -79,3 +79,75 @@ async def test_a_full_backlog_refuses_only_the_events_past_it(
     assert await redis.xlen(ledger.keys.events_stream) == 2
     with pytest.raises(Overloaded):
         await ledger.accept(event())
+
+
+async def _queue_deliveries(ledger: Ledger, redis: Redis, subscribers: list[str]) -> list[WorkItem]:
+    """Accept one event, create a delivery per subscriber, and read them as a worker."""
+    accepted = event()
+    await ledger.accept(accepted)
+    await ledger.ensure_groups()
+    ((entry, event_id),) = await ledger.read_events("d", 10, 0)
+    await ledger.run_pipeline(
+        lambda pipe: ledger.queue_create_deliveries(
+            pipe, entry, event_id, "ContactCreate", subscribers
+        )
+    )
+    return await ledger.read_ready("w", 10, 0)
+
+
+async def test_concurrent_attempts_read_their_contexts_in_one_call(
+    redis: Redis, key_prefix: str
+) -> None:
+    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    items = await _queue_deliveries(ledger, ["sub_a", "sub_b", "sub_gone"])
+    await redis.hset(ledger.keys.subscribers, mapping={"sub_a": b'{"a":1}', "sub_b": b'{"b":2}'})
+    await redis.hset(ledger.keys.breaker("sub_b"), mapping={"failures": 3, "open_until": 9})
+
+    contexts = await asyncio.gather(*(ledger.attempt_context(item) for item in items))
+
+    by_sub = {item.subscriber_id: ctx for item, ctx in zip(items, contexts, strict=True)}
+    assert by_sub["sub_a"].subscriber == b'{"a":1}' and by_sub["sub_a"].breaker == {}
+    assert by_sub["sub_b"].breaker == {"failures": "3", "open_until": "9"}
+    assert by_sub["sub_gone"].subscriber is None
+    for item, ctx in zip(items, contexts, strict=True):
+        assert ctx.delivery["subscriber_id"] == item.subscriber_id
+        assert ctx.delivery["status"] == "pending"
+        assert ctx.event["body"] == b'{"type":"ContactCreate"}'
+        assert ctx.event["event"] == "ContactCreate" and ctx.event["location_id"] is None
+
+    await redis.delete(
+        ledger.keys.event(items[0].event_id), ledger.keys.delivery(items[0].delivery_id)
+    )
+    gone = await ledger.attempt_context(items[0])
+    assert gone.delivery == {} and gone.event == {}
+
+
+async def test_concurrent_outcomes_are_recorded_each_in_full(redis: Redis, key_prefix: str) -> None:
+    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    ok, retry, dead = await _queue_deliveries(ledger, ["sub_a", "sub_b", "sub_c"])
+
+    await asyncio.gather(
+        ledger.finish(ok, status=DeliveryStatus.succeeded, attempt={"n": 1}, breaker=True),
+        ledger.finish(
+            retry,
+            status=DeliveryStatus.failed,
+            attempt={"n": 1},
+            fields={"schedule_index": 1},
+            retry_at=12345,
+            breaker=False,
+            breaker_threshold=1,
+            probe_interval_ms=1000,
+        ),
+        ledger.finish(dead, status=DeliveryStatus.dead, fields={"reason": "gave up"}),
+    )
+
+    k = ledger.keys
+    assert (await ledger.delivery(ok.delivery_id))["status"] == "succeeded"
+    assert await ledger.attempts(ok.delivery_id) == [{"n": 1}]
+    assert (await ledger.delivery(retry.delivery_id))["schedule_index"] == "1"
+    assert await redis.zscore(k.retry_schedule, retry.member) == 12345
+    assert await redis.sismember(k.open_breakers, "sub_b")
+    assert (await ledger.delivery(dead.delivery_id))["reason"] == "gave up"
+    assert await ledger.attempts(dead.delivery_id) == []
+    assert await redis.zrange(k.dead, 0, -1) == [dead.delivery_id.encode()]
+    assert await redis.xlen(k.ready_stream) == 0  # all three acknowledged and deleted
