@@ -81,7 +81,7 @@ async def test_a_full_backlog_refuses_only_the_events_past_it(
         await ledger.accept(event())
 
 
-async def _queue_deliveries(ledger: Ledger, redis: Redis, subscribers: list[str]) -> list[WorkItem]:
+async def _queue_deliveries(ledger: Ledger, subscribers: list[str]) -> list[WorkItem]:
     """Accept one event, create a delivery per subscriber, and read them as a worker."""
     accepted = event()
     await ledger.accept(accepted)
