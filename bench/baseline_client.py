@@ -28,6 +28,7 @@ async def run(urls: list[str], events: int, concurrency: int) -> dict[str, objec
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
     started = time.time()
+    cpu_started = time.process_time()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def connection() -> None:
@@ -58,6 +59,7 @@ async def run(urls: list[str], events: int, concurrency: int) -> dict[str, objec
         "errors": dict(errors),
         "elapsed": elapsed,
         "posts_per_s": total / elapsed if elapsed > 0 else 0.0,
+        "cpu_s": time.process_time() - cpu_started,
     }
 
 

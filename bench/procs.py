@@ -69,6 +69,15 @@ class Proc:
             return None
         return None
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time so far, from /proc/<pid>/stat, or None once it has exited."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         if self.popen.poll() is None:
             try:

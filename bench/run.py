@@ -294,6 +294,12 @@ class Bench:
                 f"http://127.0.0.1:{port}/webhooks", connections=32, count=events
             )
 
+    async def redis_cpu(self) -> float:
+        """The Redis server's CPU seconds so far (INFO cpu; the whole server, so other
+        clients' work counts too)."""
+        info = await self.redis.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
     @contextlib.contextmanager
     def profiled(self, proc: Proc, name: str) -> Iterator[None]:
         """Record `proc` with py-spy while the block runs (with --profile)."""
@@ -304,7 +310,7 @@ class Bench:
         spy = Proc(
             f"py-spy-{name}",
             [
-                shutil.which("py-spy") or "py-spy",
+                shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
                 "record",
                 "--pid",
                 str(proc.pid),
@@ -348,21 +354,27 @@ class Bench:
             await wait_http(proc, f"http://127.0.0.1:{port}/healthz")
             url = f"http://127.0.0.1:{port}/webhooks"
             await self.loadgen(url, connections=s.a_connections, duration=1)  # warm-up
+            cpu = proc.cpu_seconds()
             base = await self.loadgen(url, connections=s.a_connections, duration=s.a_seconds)
+            base_cpu = _per_unit(cpu, proc.cpu_seconds(), base["accepted"])
         async with self.keyspace("a") as (prefix, _):
             with contextlib.ExitStack() as stack:
                 proc, port = self.router(stack, "serve-a", prefix, "serve --no-workers")
                 await wait_http(proc, f"http://127.0.0.1:{port}/readyz")
                 url = f"http://127.0.0.1:{port}/webhooks"
                 await self.loadgen(url, connections=s.a_connections, duration=1)
+                cpu, redis_cpu = proc.cpu_seconds(), await self.redis_cpu()
                 with self.profiled(proc, "A"):
                     run = await self.loadgen(url, connections=s.a_connections, duration=s.a_seconds)
+                router_cpu = _per_unit(cpu, proc.cpu_seconds(), run["accepted"])
+                redis_cpu = _per_unit(redis_cpu, await self.redis_cpu(), run["accepted"])
                 rss = proc.rss_bytes()
         self.report.details["A"] = {
             "baseline": _strip(base),
             "router": _strip(run),
             "router_rss": rss,
             "router_command": "serve --no-workers",
+            "cpu_us_per_event": {"router": router_cpu, "redis": redis_cpu, "baseline": base_cpu},
         }
         ratio = _ratio(run["accepted_per_s"], base["accepted_per_s"])
         self.add(
@@ -375,7 +387,7 @@ class Bench:
                 ratio,
                 "≥ 0.60",
                 ratio is not None and ratio >= 0.60,
-                _non_2xx(run),
+                _join(_non_2xx(run), _cpu_note(router_cpu, redis_cpu, base_cpu, "event")),
             )
         )
 
@@ -404,11 +416,19 @@ class Bench:
                 await self.register(prefix, urls)
                 loaded = await self.preload(prefix, s.b_events)
                 with contextlib.ExitStack() as router:
-                    proc, _ = self.router(router, "serve-b", prefix, "serve")
+                    proc, port = self.router(router, "serve-b", prefix, "serve")
+                    await wait_http(proc, f"http://127.0.0.1:{port}/readyz")
+                    # From here on: start-up (imports) is not counted as delivery work.
+                    cpu, redis_cpu = proc.cpu_seconds(), await self.redis_cpu()
+                    arrived = (await self.receiver_stats(rport))["count"]
                     with self.profiled(proc, "B"):
                         stats = await self.wait_arrivals(rport, loaded["accepted"] * fan_out)
+                    done = stats["count"] - arrived
+                    router_cpu = _per_unit(cpu, proc.cpu_seconds(), done)
+                    redis_cpu = _per_unit(redis_cpu, await self.redis_cpu(), done)
                     rss = proc.rss_bytes()
         base_rate = _arrival_rate(base_stats)
+        base_cpu = client["cpu_s"] * 1e6 / client["posts"] if client["posts"] else None
         rate = _arrival_rate(stats)
         self.report.details["B"] = {
             "baseline_client": client,
@@ -417,9 +437,13 @@ class Bench:
             "preload": _strip(loaded),
             "router_rss": rss,
             "concurrency": DELIVERY_CONCURRENCY,
+            "cpu_us_per_delivery": {"router": router_cpu, "redis": redis_cpu, "baseline": base_cpu},
         }
         ratio = _ratio(rate, base_rate)
-        note = _delivery_note(stats, loaded["accepted"] * fan_out)
+        note = _join(
+            _delivery_note(stats, loaded["accepted"] * fan_out),
+            _cpu_note(router_cpu, redis_cpu, base_cpu, "delivery"),
+        )
         self.add(
             Row(
                 "B",
@@ -761,6 +785,26 @@ def _non_2xx(run: dict[str, Any]) -> str:
         f"{v} x {k}" for k, v in run["errors"].items()
     ]
     return ("non-202: " + ", ".join(parts)) if parts else ""
+
+
+def _per_unit(before: float | None, after: float | None, units: int) -> float | None:
+    """CPU microseconds per unit of work between two readings (None if either is missing)."""
+    if before is None or after is None or units <= 0:
+        return None
+    return round((after - before) * 1e6 / units, 1)
+
+
+def _cpu_note(router: float | None, redis: float | None, base: float | None, unit: str) -> str:
+    """The CPU each side spent per unit: unlike the rates, it barely moves with how the
+    scheduler shares the two cores between the processes."""
+    if router is None or base is None:
+        return ""
+    redis_part = f" + Redis {redis:.0f}" if redis is not None else ""
+    return f"CPU/{unit}: router {router:.0f} µs{redis_part}, baseline {base:.0f} µs"
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def _arrival_rate(stats: dict[str, Any]) -> float | None:

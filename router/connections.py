@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import fakeredis
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
@@ -32,14 +33,24 @@ class HiredisPacking:
     packing arguments was the largest single cost in ingest and delivery profiles.
     """
 
-    _packer = HiredisRespSerializer()
+    _checked = HiredisRespSerializer()
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        return self._packer.pack(*args)
+        return [self._pack(args)]
 
     def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
         # One buffer per pipeline: the event loop writes it with a single send.
-        return [b"".join(self._packer.pack(*cmd)[0] for cmd in commands)]
+        return [b"".join(self._pack(tuple(cmd)) for cmd in commands)]
+
+    def _pack(self, args: tuple[Any, ...]) -> bytes:
+        # Straight to hiredis when the command name is one word (every command this service
+        # sends); anything else (`CONFIG GET`, memoryviews, bad types) takes redis-py's path.
+        if not (isinstance(args[0], str) and " " in args[0]):
+            try:
+                return hiredis.pack_command(args)
+            except TypeError:
+                pass
+        return self._checked.pack(*args)[0]
 
 
 def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:

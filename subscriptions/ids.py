@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime
+from functools import lru_cache
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -38,7 +39,14 @@ def now_ms() -> int:
 
 def rfc3339(ms: int | float) -> str:
     """Milliseconds since the epoch as RFC 3339 UTC with millisecond precision."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    seconds, millis = divmod(int(ms), 1000)
+    return f"{_rfc3339_second(seconds)}.{millis:03d}Z"
+
+
+@lru_cache(maxsize=64)
+def _rfc3339_second(seconds: int) -> str:
+    # Every attempt record carries one: within a second they share the formatting.
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_rfc3339(text: str) -> int:

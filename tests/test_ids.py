@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from subscriptions.ids import _ALPHABET, _encode, id_floor, new_id
+from subscriptions.ids import _ALPHABET, _encode, id_floor, new_id, parse_rfc3339, rfc3339
 
 _TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 
@@ -32,3 +33,12 @@ def test_ids_sort_by_millisecond_and_floor_bounds_them(ms: int) -> None:
     assert earlier < later
     assert id_floor("evt", ms) <= earlier < id_floor("evt", ms + 1) <= later
     assert len(earlier) == len("evt_") + 26
+
+
+@given(st.integers(min_value=0, max_value=253402300799999))
+def test_rfc3339_matches_datetime_formatting(ms: int) -> None:
+    # Exact, unlike fromtimestamp(ms / 1000), which rounds far-future milliseconds wrongly.
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    expected = moment.isoformat(timespec="milliseconds")
+    assert rfc3339(ms) == expected.replace("+00:00", "Z")
+    assert parse_rfc3339(rfc3339(ms)) == ms
