@@ -41,6 +41,7 @@ log = logging.getLogger("router.delivery")
 CLAIM_CHECK_SECONDS = 2.0  # how often to look for work left by dead or stalled workers
 
 RESPONSE_BODY_LIMIT = 4096
+BREAKER_HOLD_MS = 1000  # the shortest hold on work an open breaker sent back to be parked
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,10 @@ class DeliveryWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._capacity_freed = asyncio.Event()
         self._parked: set[str] = set()  # subscribers this worker parked work for
+        # Subscribers whose breaker held their work back, and until when (ms): their parked
+        # work is not released as slots free up before then, or it would cycle through the
+        # ready queue (read, parked, released, read...) for as long as the breaker stays open.
+        self._held_until: dict[str, int] = {}
         self.session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------------ loop
@@ -285,8 +290,15 @@ class DeliveryWorker:
         room = self.per_subscriber - self._inflight[sub]
         if self._inflight[sub] == 0:
             del self._inflight[sub]
-        if sub in self._parked and not queue and room > 0:
+        if sub in self._parked and not queue and room > 0 and not self._held(sub):
             self._start_release(sub, room)
+
+    def _held(self, sub: str) -> bool:
+        until = self._held_until.get(sub)
+        if until is not None and now_ms() >= until:
+            del self._held_until[sub]
+            until = None
+        return until is not None
 
     def _start_release(self, sub: str, room: int) -> None:
         """Bring back parked work for a subscriber that has room again (in the background:
@@ -356,9 +368,12 @@ class DeliveryWorker:
         open_until = int(breaker.get("open_until", 0))
         probe_ttl = int((self.settings.delivery_timeout + 5) * 1000)
         if now < open_until or not await self.ledger.acquire_probe(item.subscriber_id, probe_ttl):
-            # Wait, out of the shared queue, until a probe has succeeded.
+            # Wait, out of the shared queue, until a probe has succeeded. The release loop
+            # (`WorkerGroup`) brings the work back once the breaker lets attempts through;
+            # a probe in flight elsewhere is given that loop's period to report.
             await self.ledger.park([item])
             self._parked.add(item.subscriber_id)
+            self._held_until[item.subscriber_id] = max(open_until, now + BREAKER_HOLD_MS)
             return None
         return True
 
@@ -406,6 +421,7 @@ class DeliveryWorker:
             "next_attempt_at": "",
         }
         if result.succeeded:
+            self._held_until.pop(sub.id, None)  # its breaker closes with this success
             await self.ledger.finish(
                 item, status=DeliveryStatus.succeeded, attempt=record, fields=fields, breaker=True
             )

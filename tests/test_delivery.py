@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from router.app import create_app
+from router.ledger import Ledger
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.payloads import (
     COMPANY_ID,
@@ -678,3 +679,33 @@ async def test_event_lists_its_deliveries(router: Router, receiver: Receiver) ->
     assert {d["subscriber_id"] for d in event["deliveries"]} == {first["id"], second["id"]}
     assert {d["event_id"] for d in event["deliveries"]} == {event_id}
     assert {d["event"] for d in event["deliveries"]} == {"ContactCreate"}
+
+
+async def test_work_held_by_an_open_breaker_stays_parked_until_the_probe_time(
+    start_router: RouterFactory, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A regression: each parked delivery's freed slot released the subscriber's parked work
+    # straight back to the ready queue, where it was read and parked again, in a loop that
+    # lasted as long as the breaker stayed open and delayed every other subscriber's work.
+    releases: list[str] = []
+    original = Ledger.release_parked
+
+    async def counted(self: Ledger, subscriber_id: str, count: int) -> int:
+        releases.append(subscriber_id)
+        return await original(self, subscriber_id, count)
+
+    monkeypatch.setattr(Ledger, "release_parked", counted)
+    router = await start_router(
+        retry_schedule=(0.1,) * 6, breaker_threshold=2, breaker_probe_interval=30
+    )
+    receiver.program("/fragile", then=500)
+    sub = await router.subscribe(receiver.url("/fragile"), ["contacts.readonly"])
+    await router.publish("ContactCreate")
+    await receiver.wait_for("/fragile", 2)  # the first attempt and its retry: now open
+    held = [await router.publish("ContactCreate") for _ in range(5)]
+    ids = [await router.delivery_for(e, sub["id"]) for e in held]
+    await asyncio.sleep(1.5)
+    assert releases == []
+    assert len(receiver.requests("/fragile")) == 2
+    for delivery_id in ids:
+        assert (await router.delivery(delivery_id))["attempt_count"] == 0

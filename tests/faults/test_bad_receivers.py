@@ -8,7 +8,7 @@ its end).
 
 Two configurations: the default breaker (20 consecutive failures open it), and the breaker out
 of reach, where every failure is retried on schedule and per-subscriber concurrency alone has to
-protect the healthy subscriber. Neither holds reliably yet (both xfail, see the README's findings).
+protect the healthy subscriber (see the README's findings for what it took).
 """
 
 from __future__ import annotations
@@ -64,29 +64,8 @@ async def add_bad_subscribers(c: Cluster, url_of, round_no: int) -> list[str]:
     return ids
 
 
-NO_BREAKER = pytest.param(
-    "1000000",
-    id="breaker-out-of-reach",
-    marks=pytest.mark.xfail(
-        strict=False,
-        reason="open: the 2x bound is not met reliably on a 2-core machine shared with the "
-        "load and the receivers. Parking fixed the queueing (healthy p99 0.1 s -> 2-4 s before, "
-        "17-67 ms -> 86-249 ms after); what remains is CPU contention. Non-strict: it passes "
-        "on some runs, and CI must not depend on which",
-    ),
-)
-
-
-DEFAULT_BREAKER = pytest.param(
-    "20",
-    id="default-breaker",
-    marks=pytest.mark.xfail(
-        strict=False,
-        reason="open: the 2x bound is not met reliably on a 2-core machine shared with the "
-        "load and the receivers. Parking fixed the queueing (healthy p99 25-100 ms -> 0.7-1 s "
-        "before, 9-53 ms -> 111-228 ms after). Non-strict: it passes on some runs",
-    ),
-)
+NO_BREAKER = pytest.param("1000000", id="breaker-out-of-reach")
+DEFAULT_BREAKER = pytest.param("20", id="default-breaker")
 
 
 @pytest.mark.parametrize("breaker_threshold", [DEFAULT_BREAKER, NO_BREAKER])
