@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:
@@ -57,7 +59,9 @@ def parse_rfc3339(text: str) -> int:
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    # Exact integer arithmetic: timestamp() * 1000 loses a millisecond to float rounding
+    # (4.023 s became 4022 ms).
+    return (parsed - _EPOCH) // _MILLISECOND
 
 
 def id_floor(prefix: str, ms: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from subscriptions.ids import _ALPHABET, _encode, id_floor, new_id, parse_rfc3339, rfc3339
@@ -36,6 +36,7 @@ def test_ids_sort_by_millisecond_and_floor_bounds_them(ms: int) -> None:
 
 
 @given(st.integers(min_value=0, max_value=253402300799999))
+@example(4023)  # timestamp() * 1000 once parsed this back as 4022
 def test_rfc3339_matches_datetime_formatting(ms: int) -> None:
     # Exact, unlike fromtimestamp(ms / 1000), which rounds far-future milliseconds wrongly.
     moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
