@@ -54,7 +54,7 @@ class MicroBatcher(Generic[T, R]):
         if len(self._drainers) < self._max_in_flight:
             drainer = asyncio.create_task(self._drain())
             self._drainers.add(drainer)
-            drainer.add_done_callback(self._drainers.discard)
+            drainer.add_done_callback(self._drainers.discard)  # if cancelled before it ran
         return await future
 
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
@@ -71,8 +71,14 @@ class MicroBatcher(Generic[T, R]):
         return batch
 
     async def _drain(self) -> None:
-        while self._queue:
-            await self._send(self._take())
+        try:
+            while self._queue:
+                await self._send(self._take())
+        finally:
+            # Leave in the same step that saw the queue empty. Left to the done-callback, a
+            # caller arriving before it ran could find every lane taken by drainers that have
+            # finished, start none, and wait for a flush that never comes.
+            self._drainers.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:

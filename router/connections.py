@@ -18,12 +18,32 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.settings import Settings
 
 # Errors that mean "Redis cannot be reached right now": ingest answers 429, workers back off.
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Error replies of a Redis that is reachable but refusing writes for now: memory full, a
+# replica after a failover, persistence failing, a busy script, a cluster reconfiguring.
+_REFUSING_WRITES = (
+    "OOM",
+    "READONLY",
+    "MISCONF",
+    "NOREPLICAS",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+)
+
+
+def refusing_writes(exc: ResponseError) -> bool:
+    """True for an error reply that says "not now" rather than "wrong request": like an
+    unreachable Redis, a reason for ingest to answer 429 (the platform retries only that)."""
+    return str(exc).startswith(_REFUSING_WRITES)
 
 
 class HiredisPacking:

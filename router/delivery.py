@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from redis.exceptions import ResponseError
 
-from router.connections import UNAVAILABLE
+from router.connections import UNAVAILABLE, refusing_writes
 from router.ledger import TERMINAL, DeliveryStatus, Ledger, WorkItem
 from router.metrics import Metrics
 from router.retry import RetryPolicy, parse_retry_after
@@ -257,6 +257,13 @@ class DeliveryWorker:
         except UNAVAILABLE:
             log.warning("Redis unavailable during %s; it will be reclaimed", item.delivery_id)
         except Exception as exc:
+            if isinstance(exc, ResponseError) and refusing_writes(exc):
+                # Redis refuses writes for now (memory full, failover...): the work stays
+                # pending and is reclaimed, as for an unreachable Redis.
+                log.warning(
+                    "Redis refused writes during %s; it will be reclaimed", item.delivery_id
+                )
+                return
             # A bug must not turn one delivery into a poison message reclaimed forever: it
             # is dead-lettered with the reason, where an operator can see and replay it.
             log.exception("delivery %s failed unexpectedly; dead-lettered", item.delivery_id)
@@ -373,6 +380,8 @@ class DeliveryWorker:
             # a probe in flight elsewhere is given that loop's period to report.
             await self.ledger.park([item])
             self._parked.add(item.subscriber_id)
+            if len(self._held_until) >= 10_000:  # subscribers never attempted again
+                self._held_until = {s: t for s, t in self._held_until.items() if t > now}
             self._held_until[item.subscriber_id] = max(open_until, now + BREAKER_HOLD_MS)
             return None
         return True

@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import ResponseError
 
-from router.connections import UNAVAILABLE
+from router.connections import UNAVAILABLE, refusing_writes
 from router.context import CATALOG, LEDGER, METRICS, SETTINGS, VERIFIER
 from router.errors import ApiError, bad_request, too_many_requests, validation_failed
 from router.ledger import EventStatus, IncomingEvent, Overloaded
@@ -153,6 +154,14 @@ async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
         log.warning("event not accepted: Redis unavailable")
         raise too_many_requests(
             "Event store unavailable; retry later", REDIS_DOWN_RETRY_AFTER
+        ) from None
+    except ResponseError as exc:
+        if not refusing_writes(exc):
+            raise
+        app[METRICS].events_refused.labels(reason="redis_unavailable").inc()
+        log.warning("event not accepted: Redis refuses writes (%s)", str(exc).split(" ", 1)[0])
+        raise too_many_requests(
+            "Event store refuses writes for now; retry later", REDIS_DOWN_RETRY_AFTER
         ) from None
     # Only catalog events become label values: arbitrary `type` strings must not be able to
     # create unbounded metric series.

@@ -115,7 +115,8 @@ def delivery_id_for(event_id: str, subscriber_id: str) -> str:
 # KEYS: events stream, stats, then per event: its hash, its dedupe key. ARGV: retention,
 # dedupe window, max backlog, then per event: id, body, event, payload type, location,
 # company, webhook id ('' = none), received at, status ('accepted'/'unroutable').
-# Returns (status, event id) per event: the original's id for a duplicate.
+# Returns (status, event id) per event: the original's id for a duplicate, the error message
+# for an event whose own writes failed (`pcall`: one event's error is not its batch's).
 _ACCEPT = """
 local out = {}
 local backlog = redis.call('XLEN', KEYS[1])
@@ -123,28 +124,34 @@ for i = 0, (#KEYS - 2) / 2 - 1 do
   local a = 4 + 9 * i
   local event_key, dedupe_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local id, webhook, status = ARGV[a], ARGV[a + 6], ARGV[a + 8]
-  local prior = false
-  if webhook ~= '' then prior = redis.call('GET', dedupe_key) end
-  if prior then
-    out[#out + 1] = 'duplicate'
-    out[#out + 1] = prior
-  elseif status == 'accepted' and backlog >= tonumber(ARGV[3]) then
-    out[#out + 1] = 'overloaded'
-    out[#out + 1] = ''
-  else
-    redis.call('HSET', event_key, 'body', ARGV[a + 1], 'event', ARGV[a + 2],
-      'payload_type', ARGV[a + 3], 'location_id', ARGV[a + 4], 'company_id', ARGV[a + 5],
-      'webhook_id', webhook, 'received_at', ARGV[a + 7], 'status', status)
-    redis.call('EXPIRE', event_key, ARGV[1])
-    if webhook ~= '' then redis.call('SET', dedupe_key, id, 'EX', ARGV[2]) end
-    if status == 'accepted' then
-      redis.call('XADD', KEYS[1], '*', 'e', id)
-      backlog = backlog + 1
+  local ok, err = pcall(function()
+    local prior = false
+    if webhook ~= '' then prior = redis.call('GET', dedupe_key) end
+    if prior then
+      out[#out + 1] = 'duplicate'
+      out[#out + 1] = prior
+    elseif status == 'accepted' and backlog >= tonumber(ARGV[3]) then
+      out[#out + 1] = 'overloaded'
+      out[#out + 1] = ''
     else
-      redis.call('HINCRBY', KEYS[2], 'unroutable', 1)
+      redis.call('HSET', event_key, 'body', ARGV[a + 1], 'event', ARGV[a + 2],
+        'payload_type', ARGV[a + 3], 'location_id', ARGV[a + 4], 'company_id', ARGV[a + 5],
+        'webhook_id', webhook, 'received_at', ARGV[a + 7], 'status', status)
+      redis.call('EXPIRE', event_key, ARGV[1])
+      if webhook ~= '' then redis.call('SET', dedupe_key, id, 'EX', ARGV[2]) end
+      if status == 'accepted' then
+        redis.call('XADD', KEYS[1], '*', 'e', id)
+        backlog = backlog + 1
+      else
+        redis.call('HINCRBY', KEYS[2], 'unroutable', 1)
+      end
+      out[#out + 1] = status
+      out[#out + 1] = id
     end
-    out[#out + 1] = status
-    out[#out + 1] = id
+  end)
+  if not ok then
+    out[#out + 1] = 'error'
+    out[#out + 1] = type(err) == 'table' and err.err or tostring(err)
   end
 end
 return out
@@ -197,7 +204,10 @@ return #members / 2
 # that end it, group, entry id, work member, delivery id, attempt JSON ('' = none),
 # retention, retry due ('' = none), dead ('1'/'0'), breaker ('ok'/'fail'/''), breaker
 # threshold, open until, subscriber id, then the delivery's field/value pairs.
+# Returns 1 per outcome recorded, or the error message of one that failed (`pcall`: one
+# outcome's error is not its batch's).
 _FINISH = """
+local out = {}
 local a = 0
 for i = 0, (#KEYS - 4) / 3 - 1 do
   local delivery, attempts, breaker = KEYS[5 + 3 * i], KEYS[6 + 3 * i], KEYS[7 + 3 * i]
@@ -205,48 +215,53 @@ for i = 0, (#KEYS - 4) / 3 - 1 do
   local group, entry, member, dlv = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   local attempt, retention, due, dead = ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]
   local mode, threshold, open_until, sub = ARGV[a + 10], ARGV[a + 11], ARGV[a + 12], ARGV[a + 13]
-  redis.call('HSET', delivery, unpack(ARGV, a + 14, a + 13 + nfields))
-  if attempt ~= '' then
-    redis.call('RPUSH', attempts, attempt)
-    redis.call('EXPIRE', attempts, retention)
-  end
-  if due ~= '' then redis.call('ZADD', KEYS[1], due, member) end
-  if dead == '1' then redis.call('ZADD', KEYS[2], 0, dlv) end
-  redis.call('XACK', KEYS[3], group, entry)
-  redis.call('XDEL', KEYS[3], entry)
-  if mode == 'ok' then
-    if redis.call('DEL', breaker) == 1 then redis.call('SREM', KEYS[4], sub) end
-  elseif mode == 'fail' then
-    local failures = redis.call('HINCRBY', breaker, 'failures', 1)
-    redis.call('EXPIRE', breaker, retention)
-    if failures >= tonumber(threshold) then
-      redis.call('HSET', breaker, 'open_until', open_until)
-      redis.call('SADD', KEYS[4], sub)
+  local first, last = a + 14, a + 13 + nfields
+  local ok, err = pcall(function()
+    redis.call('HSET', delivery, unpack(ARGV, first, last))
+    if attempt ~= '' then
+      redis.call('RPUSH', attempts, attempt)
+      redis.call('EXPIRE', attempts, retention)
     end
+    if due ~= '' then redis.call('ZADD', KEYS[1], due, member) end
+    if dead == '1' then redis.call('ZADD', KEYS[2], 0, dlv) end
+    redis.call('XACK', KEYS[3], group, entry)
+    redis.call('XDEL', KEYS[3], entry)
+    if mode == 'ok' then
+      if redis.call('DEL', breaker) == 1 then redis.call('SREM', KEYS[4], sub) end
+    elseif mode == 'fail' then
+      local failures = redis.call('HINCRBY', breaker, 'failures', 1)
+      redis.call('EXPIRE', breaker, retention)
+      if failures >= tonumber(threshold) then
+        redis.call('HSET', breaker, 'open_until', open_until)
+        redis.call('SADD', KEYS[4], sub)
+      end
+    end
+  end)
+  if ok then
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = type(err) == 'table' and err.err or tostring(err)
   end
-  a = a + 13 + nfields
+  a = last
 end
-return 1
+return out
 """
 
-# Everything a batch of attempts needs, in one call (see `router.batching`); each event and
-# subscriber once, however many of the batch's deliveries share it.
-# KEYS: subscribers hash, then n deliveries, s breakers, m events. ARGV: n, s, s subscriber
-# ids. Returns the n deliveries (HGETALL), s subscribers (JSON or nil), s breakers (HGETALL)
-# and m events (body, event, location, company, received at).
+# What a batch of attempts needs of their deliveries, subscribers and breakers, in one call
+# (see `router.batching`); each subscriber once, however many of the batch's deliveries are
+# its. Event bodies are read beside it, by plain commands: copying them through Lua would
+# hold Redis for as long as a batch of large bodies takes.
+# KEYS: subscribers hash, then n deliveries, s breakers. ARGV: n, s, s subscriber ids.
+# Returns the n deliveries (HGETALL), s subscribers (JSON or nil), s breakers (HGETALL).
 _CONTEXTS = """
 local n, s = tonumber(ARGV[1]), tonumber(ARGV[2])
-local deliveries, subscribers, breakers, events = {}, {}, {}, {}
+local deliveries, subscribers, breakers = {}, {}, {}
 for i = 1, n do deliveries[i] = redis.call('HGETALL', KEYS[1 + i]) end
 for i = 1, s do
   subscribers[i] = redis.call('HGET', KEYS[1], ARGV[2 + i])
   breakers[i] = redis.call('HGETALL', KEYS[1 + n + i])
 end
-for i = 2 + n + s, #KEYS do
-  events[#events + 1] = redis.call('HMGET', KEYS[i], 'body', 'event', 'location_id',
-    'company_id', 'received_at')
-end
-return {deliveries, subscribers, breakers, events}
+return {deliveries, subscribers, breakers}
 """
 
 _MOVE_DUE = """
@@ -261,6 +276,22 @@ return #due
 
 def _s(value: bytes | None) -> str | None:
     return None if value is None or value == b"" else value.decode()
+
+
+_EVENT_FIELDS = ("body", "event", "location_id", "company_id", "received_at")
+
+
+def _event_fields(row: list[bytes | None]) -> dict[str, Any]:
+    """An event's fields for an attempt (HMGET of `_EVENT_FIELDS`); empty if it expired."""
+    if row[0] is None:
+        return {}
+    return {
+        "body": row[0],
+        "event": _s(row[1]),
+        "location_id": _s(row[2]),
+        "company_id": _s(row[3]),
+        "received_at": int(row[4] or 0),
+    }
 
 
 def _pairs(flat: list[bytes]) -> dict[str, str]:
@@ -310,7 +341,9 @@ class Ledger:
             raise Overloaded
         return EventStatus(status.decode()), event_id.decode()
 
-    async def _accept_batch(self, events: list[IncomingEvent]) -> list[tuple[bytes, bytes]]:
+    async def _accept_batch(
+        self, events: list[IncomingEvent]
+    ) -> list[tuple[bytes, bytes] | ResponseError]:
         k = self.keys
         keys = [k.events_stream, k.stats]
         args: list[str | bytes | int] = [self.retention, self.dedupe_window, self.max_backlog]
@@ -330,7 +363,12 @@ class Ledger:
         (reply,) = await self.run_pipeline(
             lambda pipe: self._queue_script(pipe, self._accept, keys=keys, args=args)
         )
-        return [(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+        return [
+            ResponseError(reply[i + 1].decode())
+            if reply[i] == b"error"
+            else (reply[i], reply[i + 1])
+            for i in range(0, len(reply), 2)
+        ]
 
     async def _queue_script(
         self, pipe: Pipeline, script: AsyncScript, *, keys: list[str], args: list[Any]
@@ -542,7 +580,7 @@ class Ledger:
         one script call shared with the attempts starting alongside it."""
         return await self._contexts.run(item)
 
-    async def _context_batch(self, items: list[WorkItem]) -> list[AttemptContext]:
+    async def _context_batch(self, items: list[WorkItem]) -> list[AttemptContext | Exception]:
         k = self.keys
         subs = list(dict.fromkeys(item.subscriber_id for item in items))
         event_ids = list(dict.fromkeys(item.event_id for item in items))
@@ -550,38 +588,39 @@ class Ledger:
             k.subscribers,
             *(k.delivery(item.delivery_id) for item in items),
             *(k.breaker(sub) for sub in subs),
-            *(k.event(event_id) for event_id in event_ids),
         ]
-        (reply,) = await self.run_pipeline(
-            lambda pipe: self._queue_script(
-                pipe, self._contexts_script, keys=keys, args=[len(items), len(subs), *subs]
-            )
-        )
-        deliveries, raw_subs, breakers, event_rows = reply
+
+        async def build(pipe: Pipeline) -> None:
+            args = [len(items), len(subs), *subs]
+            await self._queue_script(pipe, self._contexts_script, keys=keys, args=args)
+            for event_id in event_ids:
+                pipe.hmget(k.event(event_id), list(_EVENT_FIELDS))
+
+        reply, *event_rows = await self.run_pipeline(build, raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        deliveries, raw_subs, breakers = reply
         subscriber = dict(zip(subs, raw_subs, strict=True))
-        breaker = {sub: _pairs(raw) for sub, raw in zip(subs, breakers, strict=True)}
-        events: dict[str, dict[str, Any]] = {}
-        for event_id, row in zip(event_ids, event_rows, strict=True):
-            events[event_id] = (
-                {
-                    "body": row[0],
-                    "event": _s(row[1]),
-                    "location_id": _s(row[2]),
-                    "company_id": _s(row[3]),
-                    "received_at": int(row[4] or 0),
-                }
-                if row[0] is not None
-                else {}
-            )
-        return [
-            AttemptContext(
-                _pairs(raw),
-                events[item.event_id],
-                subscriber[item.subscriber_id],
-                breaker[item.subscriber_id],
-            )
-            for item, raw in zip(items, deliveries, strict=True)
-        ]
+        breaker = dict(zip(subs, breakers, strict=True))
+        events = dict(zip(event_ids, event_rows, strict=True))
+        out: list[AttemptContext | Exception] = []
+        for item, raw in zip(items, deliveries, strict=True):
+            # Decoded one by one: a malformed record fails its own delivery, not its batch.
+            try:
+                row = events[item.event_id]
+                if isinstance(row, Exception):
+                    raise row
+                out.append(
+                    AttemptContext(
+                        _pairs(raw),
+                        _event_fields(row),
+                        subscriber[item.subscriber_id],
+                        _pairs(breaker[item.subscriber_id]),
+                    )
+                )
+            except Exception as exc:  # handed to that delivery's own caller
+                out.append(exc)
+        return out
 
     async def finish(
         self,
@@ -634,17 +673,17 @@ class Ledger:
 
     async def _finish_batch(
         self, outcomes: list[tuple[tuple[str, ...], tuple[Any, ...]]]
-    ) -> list[None]:
+    ) -> list[ResponseError | None]:
         k = self.keys
         keys = [k.retry_schedule, k.dead, k.ready_stream, k.open_breakers]
         args: list[Any] = []
         for own_keys, own_args in outcomes:
             keys += own_keys
             args += own_args
-        await self.run_pipeline(
+        (reply,) = await self.run_pipeline(
             lambda pipe: self._queue_script(pipe, self._finish, keys=keys, args=args)
         )
-        return [None] * len(outcomes)
+        return [None if r == 1 else ResponseError(r.decode()) for r in reply]
 
     async def ack(self, item: WorkItem) -> None:
         """Drop a queue entry that needs no attempt, changing no delivery record."""

@@ -65,3 +65,17 @@ async def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
     assert await second == 20
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+async def test_a_caller_arriving_as_the_last_drainer_finishes_is_still_flushed() -> None:
+    # The drainer's task ends (queue empty) and, before its done-callback runs, a new caller
+    # comes: it must not find the only lane still taken.
+    async def immediate(items: list[int]) -> list[int]:
+        return items
+
+    batcher = MicroBatcher(immediate, max_in_flight=1)
+    first = asyncio.ensure_future(batcher.run(1))
+    await asyncio.sleep(0)  # `first` queues its item and schedules the drainer
+    second = asyncio.ensure_future(batcher.run(2))  # runs right after the drainer's last step
+    assert await asyncio.wait_for(second, 1) == 2
+    assert await first == 1

@@ -15,9 +15,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from router.app import create_app
 from router.context import LEDGER
+from router.ledger import Ledger
 from tests.conftest import make_settings
 from tests.payloads import (
     APP_INSTALL,
@@ -373,6 +375,26 @@ async def test_redis_unreachable_is_429_with_retry_after(
         status, body, headers = await post(client, platform_event("ContactCreate"))
     finally:
         await down.aclose()
+    assert_error(status, body, 429, "TOO_MANY_REQUESTS")
+    assert int(headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "OOM command not allowed when used memory > 'maxmemory'.",
+        "READONLY You can't write against a read only replica.",
+        "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist",
+    ],
+)
+async def test_redis_refusing_writes_is_429_with_retry_after(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, reply: str
+) -> None:
+    async def refused(self: Ledger, event: object) -> None:
+        raise ResponseError(reply)
+
+    monkeypatch.setattr(Ledger, "accept", refused)
+    status, body, headers = await post(client, platform_event("ContactCreate"))
     assert_error(status, body, 429, "TOO_MANY_REQUESTS")
     assert int(headers["Retry-After"]) > 0
 

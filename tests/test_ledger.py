@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from router.ledger import DeliveryStatus, EventStatus, IncomingEvent, Ledger, Overloaded, WorkItem
 from subscriptions.ids import new_id, now_ms
@@ -151,3 +152,44 @@ async def test_concurrent_outcomes_are_recorded_each_in_full(redis: Redis, key_p
     assert await ledger.attempts(dead.delivery_id) == []
     assert await redis.zrange(k.dead, 0, -1) == [dead.delivery_id.encode()]
     assert await redis.xlen(k.ready_stream) == 0  # all three acknowledged and deleted
+
+
+async def test_an_events_failed_write_fails_only_that_event(redis: Redis, key_prefix: str) -> None:
+    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    good, bad = event(), event()
+    await redis.set(ledger.keys.event(bad.event_id), b"not a hash")  # HSET will fail
+
+    results = await asyncio.gather(ledger.accept(good), ledger.accept(bad), return_exceptions=True)
+
+    assert results[0] == (EventStatus.accepted, good.event_id)
+    assert isinstance(results[1], ResponseError) and "WRONGTYPE" in str(results[1])
+    assert await redis.xlen(ledger.keys.events_stream) == 1
+
+
+async def test_a_failed_outcome_fails_only_its_own_caller(redis: Redis, key_prefix: str) -> None:
+    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    ok, broken = await _queue_deliveries(ledger, ["sub_a", "sub_b"])
+    await redis.set(ledger.keys.delivery(broken.delivery_id), b"not a hash")
+
+    results = await asyncio.gather(
+        ledger.finish(ok, status=DeliveryStatus.succeeded, breaker=True),
+        ledger.finish(broken, status=DeliveryStatus.succeeded, breaker=True),
+        return_exceptions=True,
+    )
+
+    assert results[0] is None
+    assert isinstance(results[1], ResponseError)
+    assert (await ledger.delivery(ok.delivery_id))["status"] == "succeeded"
+
+
+async def test_a_malformed_record_fails_only_its_own_context(redis: Redis, key_prefix: str) -> None:
+    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    good, broken = await _queue_deliveries(ledger, ["sub_a", "sub_b"])
+    await redis.hset(ledger.keys.delivery(broken.delivery_id), "status", b"\xff\xfe")
+
+    results = await asyncio.gather(
+        ledger.attempt_context(good), ledger.attempt_context(broken), return_exceptions=True
+    )
+
+    assert results[0].delivery["subscriber_id"] == "sub_a"
+    assert isinstance(results[1], UnicodeDecodeError)
