@@ -64,7 +64,8 @@ class HiredisPacking:
 
     def _pack(self, args: tuple[Any, ...]) -> bytes:
         # Straight to hiredis when the command name is one word (every command this service
-        # sends); anything else (`CONFIG GET`, memoryviews, bad types) takes redis-py's path.
+        # sends); anything else (`CONFIG GET`, memoryviews, bad types) goes through redis-py's
+        # hiredis serializer, which splits names, converts buffers and raises DataError.
         if not (isinstance(args[0], str) and " " in args[0]):
             try:
                 return hiredis.pack_command(args)

@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from redis.asyncio import Redis
@@ -279,6 +279,17 @@ def _s(value: bytes | None) -> str | None:
 
 
 _EVENT_FIELDS = ("body", "event", "location_id", "company_id", "received_at")
+_T = TypeVar("_T")
+
+
+def _decoded(decode: Callable[[Any], _T], raw: Any) -> _T | Exception:
+    """`decode(raw)`, or the exception it (or the read that produced `raw`) raised."""
+    if isinstance(raw, Exception):
+        return raw
+    try:
+        return decode(raw)
+    except Exception as exc:  # handed to the caller that needs this record
+        return exc
 
 
 def _event_fields(row: list[bytes | None]) -> dict[str, Any]:
@@ -360,9 +371,7 @@ class Ledger:
                 e.received_at,
                 EventStatus.accepted if e.routable else EventStatus.unroutable,
             ]
-        (reply,) = await self.run_pipeline(
-            lambda pipe: self._queue_script(pipe, self._accept, keys=keys, args=args)
-        )
+        reply = await self._run_script(self._accept, keys=keys, args=args)
         return [
             ResponseError(reply[i + 1].decode())
             if reply[i] == b"error"
@@ -380,6 +389,13 @@ class Ledger:
                 await self.redis.script_load(loaded.script)
             self._scripts_loaded = True
         pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _run_script(self, script: AsyncScript, *, keys: list[str], args: list[Any]) -> Any:
+        """The reply of one script call (by digest, reloaded if Redis forgot it)."""
+        (reply,) = await self.run_pipeline(
+            lambda pipe: self._queue_script(pipe, script, keys=keys, args=args)
+        )
+        return reply
 
     async def run_pipeline(
         self, build: Callable[[Pipeline], Awaitable[None]], *, raise_on_error: bool = True
@@ -599,27 +615,24 @@ class Ledger:
         reply, *event_rows = await self.run_pipeline(build, raise_on_error=False)
         if isinstance(reply, Exception):
             raise reply
-        deliveries, raw_subs, breakers = reply
+        deliveries, raw_subs, raw_breakers = reply
+        # Each shared record is decoded once; a malformed one (or its read's error) fails only
+        # the deliveries that need it, not the batch.
         subscriber = dict(zip(subs, raw_subs, strict=True))
-        breaker = dict(zip(subs, breakers, strict=True))
-        events = dict(zip(event_ids, event_rows, strict=True))
+        breaker = {s: _decoded(_pairs, r) for s, r in zip(subs, raw_breakers, strict=True)}
+        events = {e: _decoded(_event_fields, r) for e, r in zip(event_ids, event_rows, strict=True)}
         out: list[AttemptContext | Exception] = []
         for item, raw in zip(items, deliveries, strict=True):
-            # Decoded one by one: a malformed record fails its own delivery, not its batch.
-            try:
-                row = events[item.event_id]
-                if isinstance(row, Exception):
-                    raise row
-                out.append(
-                    AttemptContext(
-                        _pairs(raw),
-                        _event_fields(row),
-                        subscriber[item.subscriber_id],
-                        _pairs(breaker[item.subscriber_id]),
-                    )
-                )
-            except Exception as exc:  # handed to that delivery's own caller
-                out.append(exc)
+            delivery = _decoded(_pairs, raw)
+            event, own_breaker = events[item.event_id], breaker[item.subscriber_id]
+            error = next(
+                (x for x in (delivery, event, own_breaker) if isinstance(x, Exception)), None
+            )
+            out.append(
+                error
+                if error is not None
+                else AttemptContext(delivery, event, subscriber[item.subscriber_id], own_breaker)
+            )
         return out
 
     async def finish(
@@ -680,9 +693,7 @@ class Ledger:
         for own_keys, own_args in outcomes:
             keys += own_keys
             args += own_args
-        (reply,) = await self.run_pipeline(
-            lambda pipe: self._queue_script(pipe, self._finish, keys=keys, args=args)
-        )
+        reply = await self._run_script(self._finish, keys=keys, args=args)
         return [None if r == 1 else ResponseError(r.decode()) for r in reply]
 
     async def ack(self, item: WorkItem) -> None:
