@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import logging
 import socket
@@ -195,72 +196,69 @@ async def _delivery_of(client: TestClient, sub_id: str, deadline: float = 10.0) 
     raise AssertionError(f"no attempted delivery for {sub_id} within {deadline}s")
 
 
+@contextlib.asynccontextmanager
 async def _rebinding_run(
     aiohttp_client: Any, redis: Redis, key_prefix: str, fake_dns: FakeDns, allow_private: bool
-) -> tuple[Receiver, dict[str, Any]]:
+) -> AsyncIterator[tuple[Receiver, dict[str, Any]]]:
+    """A subscriber registered while its host is public, then re-pointed at loopback: the
+    receiver on loopback, and the delivery once attempted."""
     settings = make_settings(
         key_prefix, allow_private_targets=allow_private, retry_schedule=(30.0,)
     )
     client = await aiohttp_client(create_app(settings, redis=redis, run_workers=True))
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    receiver = Receiver()
-    await receiver.__aenter__()
-    port = receiver.base_url.rsplit(":", 1)[1]
-    fake_dns.address = "93.184.216.34"  # public while the operator registers it
-    created = await client.post(
-        "/v1/subscribers",
-        json={
-            "name": "rebinder",
-            "url": f"http://hook.rebind.test:{port}/hook",
-            "scopes": ["contacts.readonly"],
-        },
-        headers=headers,
-    )
-    assert created.status == 201, await created.text()
-    fake_dns.address = "127.0.0.1"  # ... and re-pointed at the router's own host after
-    accepted = await client.post("/webhooks", json=platform_event("ContactCreate"))
-    assert accepted.status == 202
-    delivery = await _delivery_of(client, (await created.json())["id"])
-    return receiver, delivery
+    async with Receiver() as receiver:
+        port = receiver.base_url.rsplit(":", 1)[1]
+        fake_dns.address = "93.184.216.34"  # public while the operator registers it
+        created = await client.post(
+            "/v1/subscribers",
+            json={
+                "name": "rebinder",
+                "url": f"http://hook.rebind.test:{port}/hook",
+                "scopes": ["contacts.readonly"],
+            },
+            headers=headers,
+        )
+        assert created.status == 201, await created.text()
+        fake_dns.address = "127.0.0.1"  # ... and re-pointed at the router's own host after
+        accepted = await client.post("/webhooks", json=platform_event("ContactCreate"))
+        assert accepted.status == 202
+        yield receiver, await _delivery_of(client, (await created.json())["id"])
 
 
 async def test_dns_rebinding_to_loopback_is_refused_at_delivery(
     aiohttp_client: Any, redis: Redis, key_prefix: str, fake_dns: FakeDns
 ) -> None:
-    receiver, delivery = await _rebinding_run(
-        aiohttp_client, redis, key_prefix, fake_dns, allow_private=False
-    )
-    try:
+    async with _rebinding_run(aiohttp_client, redis, key_prefix, fake_dns, allow_private=False) as (
+        receiver,
+        delivery,
+    ):
         assert delivery["status"] != "succeeded"
         assert delivery["attempts"][0]["status_code"] is None
         await asyncio.sleep(0.3)
         assert receiver.requests() == []
-    finally:
-        await receiver.__aexit__(None, None, None)
 
 
 async def test_dns_rebinding_refusal_names_the_refused_target(
     aiohttp_client: Any, redis: Redis, key_prefix: str, fake_dns: FakeDns
 ) -> None:
-    receiver, delivery = await _rebinding_run(
-        aiohttp_client, redis, key_prefix, fake_dns, allow_private=False
-    )
-    await receiver.__aexit__(None, None, None)
-    error = delivery["attempts"][0]["error"]
-    assert "refused target" in error and "127.0.0.1" in error
+    async with _rebinding_run(aiohttp_client, redis, key_prefix, fake_dns, allow_private=False) as (
+        _,
+        delivery,
+    ):
+        error = delivery["attempts"][0]["error"]
+        assert "refused target" in error and "127.0.0.1" in error
 
 
 async def test_dns_rebinding_to_loopback_is_delivered_with_allow_private_targets(
     aiohttp_client: Any, redis: Redis, key_prefix: str, fake_dns: FakeDns
 ) -> None:
-    receiver, delivery = await _rebinding_run(
-        aiohttp_client, redis, key_prefix, fake_dns, allow_private=True
-    )
-    try:
+    async with _rebinding_run(aiohttp_client, redis, key_prefix, fake_dns, allow_private=True) as (
+        receiver,
+        delivery,
+    ):
         assert delivery["status"] == "succeeded"
         assert len(receiver.requests("/hook")) == 1
-    finally:
-        await receiver.__aexit__(None, None, None)
 
 
 # ---------------------------------------------------------------- constant-time comparison
