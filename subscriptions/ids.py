@@ -1,7 +1,8 @@
 """Prefixed, time-ordered identifiers (`sub_`, `evt_`, `dlv_`, `key_`) and RFC 3339 times.
 
 Ids sort lexicographically by creation time (48-bit milliseconds, then 80 random bits, in
-Crockford base32, like a ULID), which is what cursor pagination over a sorted set relies on.
+Crockford base32, like a monotonic ULID), which is what cursor pagination over a sorted set
+relies on.
 """
 
 from __future__ import annotations
@@ -16,10 +17,21 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
 
+_last = 0  # the value of the latest id this process made
+
+
 def new_id(prefix: str, now_ms: int | None = None) -> str:
-    """A new id `<prefix>_<26 chars>`, later ids sorting after earlier ones (ms resolution)."""
+    """A new id `<prefix>_<26 chars>`: later ids sort after earlier ones, across processes by
+    the millisecond, and within one process also inside a millisecond."""
+    global _last
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return f"{prefix}_{_encode((ms << 80) | secrets.randbits(80))}"
+    value = (ms << 80) | secrets.randbits(80)
+    if value >> 80 == _last >> 80 and value <= _last:
+        # Same millisecond as the previous id: random bits alone would order the two by
+        # chance, and listings promise creation order (as a monotonic ULID does).
+        value = _last + 1
+    _last = value
+    return f"{prefix}_{_encode(value)}"
 
 
 # Two characters per 10 bits: `base64.b32encode` is pure Python on 3.11, and showed in the

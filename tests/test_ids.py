@@ -43,3 +43,11 @@ def test_rfc3339_matches_datetime_formatting(ms: int) -> None:
     expected = moment.isoformat(timespec="milliseconds")
     assert rfc3339(ms) == expected.replace("+00:00", "Z")
     assert parse_rfc3339(rfc3339(ms)) == ms
+
+
+def test_ids_made_within_one_millisecond_keep_their_order() -> None:
+    # A regression: random bits alone ordered ids of the same millisecond by chance, and
+    # listings (API keys, subscribers) came back out of creation order.
+    ids = [new_id("key", 1_700_000_000_000) for _ in range(1000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(i < id_floor("key", 1_700_000_000_001) for i in ids)
