@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from router.connections import UNAVAILABLE
@@ -116,13 +115,6 @@ class Dispatcher:
                 (event, fields["location_id"], fields["company_id"])
             )
             plans.append((entry_id, event_id, event, [s.id for s in subscribers]))
-
-        async def build(pipe: Pipeline) -> None:
-            for entry_id, event_id, event, subscriber_ids in plans:
-                await self.ledger.queue_create_deliveries(
-                    pipe, entry_id, event_id, event, subscriber_ids
-                )
-
-        created = sum(int(n) for n in await self.ledger.run_pipeline(build))
+        created = await self.ledger.create_deliveries(plans)
         self.metrics.deliveries.labels(outcome="created").inc(created)
         return created

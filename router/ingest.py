@@ -1,7 +1,7 @@
 """Where an event is accepted: `POST /webhooks` and `POST /webhooks/{event_type}`.
 
 An event is answered 202 only once its own write is confirmed by Redis. Writes of concurrent
-requests share one pipeline (`router.batching`), so a burst costs a few round trips, not one
+requests share one script call (`router.batching`), so a burst costs a few round trips, not one
 per event. When the event cannot be made durable — Redis unreachable, or the dispatch backlog
 over `ROUTER_MAX_BACKLOG` — the answer is 429 with Retry-After: the platform retries a webhook
 only on 429, so any other status would lose it.

@@ -16,18 +16,18 @@ calls can leave work to be redone (at-least-once), never work lost or a delivery
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from router.batching import MicroBatcher
+from router.connections import RoundTrips
 from subscriptions.ids import id_floor, now_ms
 from subscriptions.keys import Keys
 
@@ -280,6 +280,7 @@ def _s(value: bytes | None) -> str | None:
 
 _EVENT_FIELDS = ("body", "event", "location_id", "company_id", "received_at")
 _T = TypeVar("_T")
+Command = tuple[Any, ...]  # a command's name and arguments, as sent
 
 
 def _decoded(decode: Callable[[Any], _T], raw: Any) -> _T | Exception:
@@ -331,7 +332,9 @@ class Ledger:
         self._release_parked = redis.register_script(_RELEASE_PARKED)
         self._finish = redis.register_script(_FINISH)
         self._contexts_script = redis.register_script(_CONTEXTS)
-        self._scripts_loaded = False
+        # Those sent through `run_commands`, by digest (the others redis-py sends itself).
+        self._scripts = (self._accept, self._create, self._finish, self._contexts_script)
+        self._round_trips = RoundTrips(redis)
         # Ingest and delivery each get their own lanes, so neither waits behind the other.
         self._accepts = MicroBatcher(
             self._accept_batch, weight=lambda e: len(e.body), max_weight=ACCEPT_BATCH_BYTES
@@ -379,44 +382,32 @@ class Ledger:
             for i in range(0, len(reply), 2)
         ]
 
-    async def _queue_script(
-        self, pipe: Pipeline, script: AsyncScript, *, keys: list[str], args: list[Any]
-    ) -> None:
-        """Queue `script` by its digest. (redis-py's own script support asks the server
-        SCRIPT EXISTS before every pipeline: a round trip per batch this avoids.)"""
-        if not self._scripts_loaded:
-            for loaded in (self._accept, self._create, self._finish, self._contexts_script):
-                await self.redis.script_load(loaded.script)
-            self._scripts_loaded = True
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    def _call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Command:
+        """A call of one of our scripts, by digest (sent in full only when Redis lacks it)."""
+        return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def _run_script(self, script: AsyncScript, *, keys: list[str], args: list[Any]) -> Any:
-        """The reply of one script call (by digest, reloaded if Redis forgot it)."""
-        (reply,) = await self.run_pipeline(
-            lambda pipe: self._queue_script(pipe, script, keys=keys, args=args)
-        )
+        """The reply of one script call; an error reply is raised."""
+        (reply,) = await self.run_commands([self._call(script, keys, args)])
         return reply
 
-    async def run_pipeline(
-        self, build: Callable[[Pipeline], Awaitable[None]], *, raise_on_error: bool = True
+    async def run_commands(
+        self, commands: Sequence[Command], *, raise_on_error: bool = True
     ) -> list[Any]:
-        """Build and execute a non-transactional pipeline; if Redis forgot our scripts (a
-        restart, SCRIPT FLUSH), load them again and run it once more."""
-        for attempt in (1, 2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                await build(pipe)
-                try:
-                    results = await pipe.execute(raise_on_error=raise_on_error)
-                except NoScriptError:
-                    if attempt == 2:
-                        raise
-                    self._scripts_loaded = False
-                    continue
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
-                self._scripts_loaded = False
-                continue
-            return results
-        raise AssertionError("unreachable")
+        """The replies to `commands`, sent in one round trip; error replies are raised (the
+        first) or, with `raise_on_error=False`, returned in their places. If Redis forgot our
+        scripts (first use, a restart, SCRIPT FLUSH), they are loaded and all is sent again:
+        Redis forgets every script at once, so no call of the first sending ran."""
+        replies = await self._round_trips.execute(commands)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            for script in self._scripts:
+                await self.redis.script_load(script.script)
+            replies = await self._round_trips.execute(commands)
+        if raise_on_error and (
+            error := next((r for r in replies if isinstance(r, ResponseError)), None)
+        ):
+            raise error
+        return replies
 
     # ---------------------------------------------------------------- consumer groups
     async def ensure_groups(self) -> None:
@@ -544,34 +535,32 @@ class Ledger:
                 )
         return out
 
-    async def queue_create_deliveries(
-        self,
-        pipe: Pipeline,
-        entry_id: str,
-        event_id: str,
-        event: str,
-        subscriber_ids: Sequence[str],
-    ) -> None:
-        """Add to `pipe`: one pending delivery per subscriber that has none yet for this event,
-        each queued as ready, and the acknowledgement of the event's stream entry — atomically.
-        """
+    async def create_deliveries(self, plans: Sequence[tuple[str, str, str, Sequence[str]]]) -> int:
+        """For each (stream entry, event id, event, subscriber ids): one pending delivery per
+        subscriber that has none yet for the event, each queued as ready, and the entry's
+        acknowledgement — atomically per event, all in one round trip. Returns how many were
+        created."""
         k = self.keys
         now = now_ms()
-        keys = [k.events_stream, k.ready_stream, k.deliveries, k.event_deliveries(event_id)]
-        args: list[str | int] = [
-            DISPATCH_GROUP,
-            entry_id,
-            event_id,
-            event,
-            now,
-            self.retention,
-            id_floor("dlv", now - self.retention * 1000),
-        ]
-        for sub in subscriber_ids:
-            dlv = delivery_id_for(event_id, sub)
-            keys += [k.delivery(dlv), k.subscriber_deliveries(sub)]
-            args += [dlv, sub]
-        await self._queue_script(pipe, self._create, keys=keys, args=args)
+        floor = id_floor("dlv", now - self.retention * 1000)
+        calls: list[Command] = []
+        for entry_id, event_id, event, subscriber_ids in plans:
+            keys = [k.events_stream, k.ready_stream, k.deliveries, k.event_deliveries(event_id)]
+            args: list[str | int] = [
+                DISPATCH_GROUP,
+                entry_id,
+                event_id,
+                event,
+                now,
+                self.retention,
+                floor,
+            ]
+            for sub in subscriber_ids:
+                dlv = delivery_id_for(event_id, sub)
+                keys += [k.delivery(dlv), k.subscriber_deliveries(sub)]
+                args += [dlv, sub]
+            calls.append(self._call(self._create, keys, args))
+        return sum(int(n) for n in await self.run_commands(calls))
 
     # ---------------------------------------------------------------- delivery queue
     async def read_ready(self, consumer: str, count: int, block_ms: int) -> list[WorkItem]:
@@ -606,13 +595,11 @@ class Ledger:
             *(k.breaker(sub) for sub in subs),
         ]
 
-        async def build(pipe: Pipeline) -> None:
-            args = [len(items), len(subs), *subs]
-            await self._queue_script(pipe, self._contexts_script, keys=keys, args=args)
-            for event_id in event_ids:
-                pipe.hmget(k.event(event_id), list(_EVENT_FIELDS))
-
-        reply, *event_rows = await self.run_pipeline(build, raise_on_error=False)
+        calls = [
+            self._call(self._contexts_script, keys, [len(items), len(subs), *subs]),
+            *(("HMGET", k.event(event_id), *_EVENT_FIELDS) for event_id in event_ids),
+        ]
+        reply, *event_rows = await self.run_commands(calls, raise_on_error=False)
         if isinstance(reply, Exception):
             raise reply
         deliveries, raw_subs, raw_breakers = reply

@@ -88,11 +88,7 @@ async def _queue_deliveries(ledger: Ledger, subscribers: list[str]) -> list[Work
     await ledger.accept(accepted)
     await ledger.ensure_groups()
     ((entry, event_id),) = await ledger.read_events("d", 10, 0)
-    await ledger.run_pipeline(
-        lambda pipe: ledger.queue_create_deliveries(
-            pipe, entry, event_id, "ContactCreate", subscribers
-        )
-    )
+    await ledger.create_deliveries([(entry, event_id, "ContactCreate", subscribers)])
     return await ledger.read_ready("w", 10, 0)
 
 

@@ -1,0 +1,100 @@
+"""`RoundTrips`: batched commands on held connections, and how they fail.
+
+A held connection is reused for every batch, so each way a round trip can be cut short
+(an error reply, a dropped connection, a cancelled caller, a silent server) must leave it
+either in step with its replies or disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from router.connections import RoundTrips, open_redis
+from tests.conftest import REAL_REDIS_URL, make_settings
+
+
+async def test_replies_come_in_order_with_error_replies_in_their_places(
+    redis: Redis, key_prefix: str
+) -> None:
+    trips = RoundTrips(redis)
+    key = f"{key_prefix}:{{{key_prefix}}}:n"
+    replies = await trips.execute(
+        [("SET", key, "1"), ("HGET", key, "field"), ("INCR", key), ("GET", key)]
+    )
+    assert replies[0] == b"OK"
+    assert isinstance(replies[1], ResponseError) and "WRONGTYPE" in str(replies[1])
+    assert replies[2:] == [2, b"2"]
+    # The connection is still in step: the next batch reads its own replies.
+    assert await trips.execute([("GET", key), ("ECHO", "x")]) == [b"2", b"x"]
+
+
+async def test_concurrent_batches_each_get_their_own_replies(redis: Redis) -> None:
+    trips = RoundTrips(redis)
+    results = await asyncio.gather(
+        *(trips.execute([("ECHO", f"a{i}"), ("ECHO", f"b{i}")]) for i in range(50))
+    )
+    assert results == [[f"a{i}".encode(), f"b{i}".encode()] for i in range(50)]
+
+
+@contextlib.asynccontextmanager
+async def real_redis(key_prefix: str) -> AsyncIterator[Redis]:
+    if not REAL_REDIS_URL:
+        pytest.skip("REDIS_URL is not set: needs a real server to drop connections")
+    client = open_redis(make_settings(key_prefix, redis_url=REAL_REDIS_URL))
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_a_connection_the_server_dropped_is_reconnected(key_prefix: str) -> None:
+    async with real_redis(key_prefix) as client:
+        trips = RoundTrips(client)
+        (held_id,) = await trips.execute([("CLIENT", "ID")])
+        assert await client.client_kill_filter(_id=held_id) == 1
+        assert await trips.execute([("ECHO", "after")]) == [b"after"]
+        (new_id,) = await trips.execute([("CLIENT", "ID")])
+        assert new_id != held_id
+
+
+async def test_a_caller_cancelled_midway_leaves_no_reply_behind(key_prefix: str) -> None:
+    async with real_redis(key_prefix) as client:
+        trips = RoundTrips(client)
+        queue = f"{key_prefix}:{{{key_prefix}}}:q"
+        # BLPOP keeps the server from answering until the list gets an element.
+        waiting = asyncio.create_task(trips.execute([("BLPOP", queue, "2")]))
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await client.rpush(queue, "late")
+        # Were the held connection reused in place, this batch would read BLPOP's reply.
+        assert await trips.execute([("ECHO", "mine")]) == [b"mine"]
+        await client.delete(queue)
+
+
+async def test_a_reply_slower_than_the_socket_timeout_fails_and_frees_the_connection(
+    key_prefix: str,
+) -> None:
+    if not REAL_REDIS_URL:
+        pytest.skip("REDIS_URL is not set: needs a real server to block a reply")
+    client = Redis.from_url(REAL_REDIS_URL, socket_timeout=0.3)
+    try:
+        trips = RoundTrips(client)
+        queue = f"{key_prefix}:{{{key_prefix}}}:q"
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RedisTimeoutError):
+            await trips.execute([("BLPOP", queue, "3")])
+        assert asyncio.get_running_loop().time() - started < 2
+        await client.rpush(queue, "late")
+        assert await trips.execute([("ECHO", "mine")]) == [b"mine"]
+        await client.delete(queue)
+    finally:
+        await client.aclose()
