@@ -120,38 +120,39 @@ def delivery_id_for(event_id: str, subscriber_id: str) -> str:
 _ACCEPT = """
 local out = {}
 local backlog = redis.call('XLEN', KEYS[1])
-for i = 0, (#KEYS - 2) / 2 - 1 do
+local function accept(i)
   local a = 4 + 9 * i
   local event_key, dedupe_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local id, webhook, status = ARGV[a], ARGV[a + 6], ARGV[a + 8]
-  local ok, err = pcall(function()
-    local prior = false
-    if webhook ~= '' then prior = redis.call('GET', dedupe_key) end
-    if prior then
-      out[#out + 1] = 'duplicate'
-      out[#out + 1] = prior
-    elseif status == 'accepted' and backlog >= tonumber(ARGV[3]) then
-      out[#out + 1] = 'overloaded'
-      out[#out + 1] = ''
-    else
-      redis.call('HSET', event_key, 'body', ARGV[a + 1], 'event', ARGV[a + 2],
-        'payload_type', ARGV[a + 3], 'location_id', ARGV[a + 4], 'company_id', ARGV[a + 5],
-        'webhook_id', webhook, 'received_at', ARGV[a + 7], 'status', status)
-      redis.call('EXPIRE', event_key, ARGV[1])
-      if webhook ~= '' then redis.call('SET', dedupe_key, id, 'EX', ARGV[2]) end
-      if status == 'accepted' then
-        redis.call('XADD', KEYS[1], '*', 'e', id)
-        backlog = backlog + 1
-      else
-        redis.call('HINCRBY', KEYS[2], 'unroutable', 1)
-      end
-      out[#out + 1] = status
-      out[#out + 1] = id
-    end
-  end)
-  if not ok then
+  local prior = false
+  if webhook ~= '' then prior = redis.call('GET', dedupe_key) end
+  if prior then
+    return 'duplicate', prior
+  elseif status == 'accepted' and backlog >= tonumber(ARGV[3]) then
+    return 'overloaded', ''
+  end
+  redis.call('HSET', event_key, 'body', ARGV[a + 1], 'event', ARGV[a + 2],
+    'payload_type', ARGV[a + 3], 'location_id', ARGV[a + 4], 'company_id', ARGV[a + 5],
+    'webhook_id', webhook, 'received_at', ARGV[a + 7], 'status', status)
+  redis.call('EXPIRE', event_key, ARGV[1])
+  if webhook ~= '' then redis.call('SET', dedupe_key, id, 'EX', ARGV[2]) end
+  if status == 'accepted' then
+    redis.call('XADD', KEYS[1], '*', 'e', id)
+    backlog = backlog + 1
+  else
+    redis.call('HINCRBY', KEYS[2], 'unroutable', 1)
+  end
+  return status, id
+end
+for i = 0, (#KEYS - 2) / 2 - 1 do
+  -- pcall with arguments, not a closure per event: closures were a tenth of the script's time
+  local ok, status, id = pcall(accept, i)
+  if ok then
+    out[#out + 1] = status
+    out[#out + 1] = id
+  else
     out[#out + 1] = 'error'
-    out[#out + 1] = type(err) == 'table' and err.err or tostring(err)
+    out[#out + 1] = type(status) == 'table' and status.err or tostring(status)
   end
 end
 return out
@@ -208,41 +209,41 @@ return #members / 2
 # outcome's error is not its batch's).
 _FINISH = """
 local out = {}
-local a = 0
-for i = 0, (#KEYS - 4) / 3 - 1 do
+local function finish(i, a, nfields)
   local delivery, attempts, breaker = KEYS[5 + 3 * i], KEYS[6 + 3 * i], KEYS[7 + 3 * i]
-  local nfields = tonumber(ARGV[a + 1])
   local group, entry, member, dlv = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   local attempt, retention, due, dead = ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]
   local mode, threshold, open_until, sub = ARGV[a + 10], ARGV[a + 11], ARGV[a + 12], ARGV[a + 13]
-  local first, last = a + 14, a + 13 + nfields
-  local ok, err = pcall(function()
-    redis.call('HSET', delivery, unpack(ARGV, first, last))
-    if attempt ~= '' then
-      redis.call('RPUSH', attempts, attempt)
-      redis.call('EXPIRE', attempts, retention)
+  redis.call('HSET', delivery, unpack(ARGV, a + 14, a + 13 + nfields))
+  if attempt ~= '' then
+    redis.call('RPUSH', attempts, attempt)
+    redis.call('EXPIRE', attempts, retention)
+  end
+  if due ~= '' then redis.call('ZADD', KEYS[1], due, member) end
+  if dead == '1' then redis.call('ZADD', KEYS[2], 0, dlv) end
+  redis.call('XACK', KEYS[3], group, entry)
+  redis.call('XDEL', KEYS[3], entry)
+  if mode == 'ok' then
+    if redis.call('DEL', breaker) == 1 then redis.call('SREM', KEYS[4], sub) end
+  elseif mode == 'fail' then
+    local failures = redis.call('HINCRBY', breaker, 'failures', 1)
+    redis.call('EXPIRE', breaker, retention)
+    if failures >= tonumber(threshold) then
+      redis.call('HSET', breaker, 'open_until', open_until)
+      redis.call('SADD', KEYS[4], sub)
     end
-    if due ~= '' then redis.call('ZADD', KEYS[1], due, member) end
-    if dead == '1' then redis.call('ZADD', KEYS[2], 0, dlv) end
-    redis.call('XACK', KEYS[3], group, entry)
-    redis.call('XDEL', KEYS[3], entry)
-    if mode == 'ok' then
-      if redis.call('DEL', breaker) == 1 then redis.call('SREM', KEYS[4], sub) end
-    elseif mode == 'fail' then
-      local failures = redis.call('HINCRBY', breaker, 'failures', 1)
-      redis.call('EXPIRE', breaker, retention)
-      if failures >= tonumber(threshold) then
-        redis.call('HSET', breaker, 'open_until', open_until)
-        redis.call('SADD', KEYS[4], sub)
-      end
-    end
-  end)
+  end
+end
+local a = 0
+for i = 0, (#KEYS - 4) / 3 - 1 do
+  local nfields = tonumber(ARGV[a + 1])
+  local ok, err = pcall(finish, i, a, nfields)
   if ok then
     out[#out + 1] = 1
   else
     out[#out + 1] = type(err) == 'table' and err.err or tostring(err)
   end
-  a = last
+  a = a + 13 + nfields
 end
 return out
 """
