@@ -66,6 +66,11 @@ def pack(args: tuple[Any, ...]) -> bytes:
     return _CHECKED.pack(*args)[0]
 
 
+def pack_all(commands: Iterable[Iterable[Any]]) -> bytes:
+    """Several commands as one buffer: the event loop writes it with a single send."""
+    return b"".join(pack(tuple(command)) for command in commands)
+
+
 class HiredisPacking:
     """Commands packed by hiredis (C) instead of redis-py's pure-Python packer.
 
@@ -77,8 +82,7 @@ class HiredisPacking:
         return [pack(args)]
 
     def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
-        # One buffer per pipeline: the event loop writes it with a single send.
-        return [b"".join(pack(tuple(cmd)) for cmd in commands)]
+        return [pack_all(commands)]
 
 
 class RoundTrips:
@@ -108,7 +112,7 @@ class RoundTrips:
     async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """The replies to `commands`, in order; an error reply is returned as its
         `ResponseError`, in its place. Raises `UNAVAILABLE` errors."""
-        packed = [b"".join(pack(tuple(command)) for command in commands)]
+        packed = [pack_all(commands)]
         conn, held = await self._take()
         try:
             async with asyncio.timeout(self._timeout):
