@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import secrets
 import sys
@@ -75,6 +76,25 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+# Collections of the youngest generation every this many net container allocations (CPython's
+# default is 700). Every event and delivery allocates hundreds of short-lived containers (tasks,
+# futures, header dicts); at the default the collector ran about 150 times a second under load.
+GC_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """Run the cycle collector less often, and never again over what start-up loaded.
+
+    Under delivery load the collector took about 15% of the process's CPU, most of it in full
+    collections re-scanning the ~75,000 module, class and schema objects loaded at start-up,
+    which live as long as the process. Frozen, they are skipped; cycles made later are still
+    collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD)
+
+
 def serve_command(args: argparse.Namespace) -> int:
     settings, generated = with_admin_token(_prepare({"host": args.host, "port": args.port}))
     if generated is not None:
@@ -89,6 +109,7 @@ def serve_command(args: argparse.Namespace) -> int:
         log.warning("ROUTER_VERIFY=off: ingest is unauthenticated; anyone can post events")
     _use_uvloop()
     app = create_app(settings, run_workers=not args.no_workers)
+    _tune_gc()
     log.info("listening on http://%s:%d", settings.host, settings.port)
     web.run_app(
         app,
@@ -135,6 +156,7 @@ def worker_command(args: argparse.Namespace) -> int:
             ),
             metrics=Metrics(),
         )
+        _tune_gc()
         try:
             await run_forever(group)
         finally:
