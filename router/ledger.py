@@ -15,7 +15,9 @@ calls can leave work to be redone (at-least-once), never work lost or a delivery
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,6 +39,8 @@ STALE_CONSUMER_MS = 3_600_000
 # One accept call carries at most this many body bytes (and 128 events): a script call is
 # atomic, and a huge one would hold Redis up for everyone else.
 ACCEPT_BATCH_BYTES = 1_048_576
+# How often an idle reader polls a store that does not block reads (the embedded one).
+EMPTY_READ_POLL_SECONDS = 0.05
 
 
 class EventStatus(StrEnum):
@@ -430,9 +434,17 @@ class Ledger:
     async def _read(
         self, stream: str, group: str, consumer: str, count: int, block_ms: int
     ) -> list[tuple[str, bytes]]:
+        started = time.monotonic()
         reply = await self.redis.xreadgroup(
             group, consumer, {stream: ">"}, count=count, block=block_ms
         )
+        if not reply:
+            # Redis answers empty once block_ms has passed; the embedded store answers at once
+            # (it does not block this read), and its readers would spin a core if not held here.
+            left = block_ms / 1000 - (time.monotonic() - started)
+            if left > 0:
+                await asyncio.sleep(min(left, EMPTY_READ_POLL_SECONDS))
+            return []
         out: list[tuple[str, bytes]] = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:

@@ -10,7 +10,15 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from router.ledger import DeliveryStatus, EventStatus, IncomingEvent, Ledger, Overloaded, WorkItem
+from router.ledger import (
+    EMPTY_READ_POLL_SECONDS,
+    DeliveryStatus,
+    EventStatus,
+    IncomingEvent,
+    Ledger,
+    Overloaded,
+    WorkItem,
+)
 from subscriptions.ids import new_id, now_ms
 from subscriptions.keys import Keys
 
@@ -90,6 +98,22 @@ async def _queue_deliveries(ledger: Ledger, subscribers: list[str]) -> list[Work
     ((entry, event_id),) = await ledger.read_events("d", 10, 0)
     await ledger.create_deliveries([(entry, event_id, "ContactCreate", subscribers)])
     return await ledger.read_ready("w", 10, 0)
+
+
+async def test_an_empty_read_waits_instead_of_answering_at_once(
+    redis: Redis, key_prefix: str
+) -> None:
+    # The embedded store does not block XREADGROUP; without the wait, an idle worker's read
+    # loop spun a whole core.
+    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    await ledger.ensure_groups()
+    loop = asyncio.get_running_loop()
+
+    started = loop.time()
+    assert await ledger.read_ready("w", 10, 200) == []
+    assert await ledger.read_events("d", 10, 200) == []
+
+    assert loop.time() - started >= 2 * EMPTY_READ_POLL_SECONDS * 0.9
 
 
 async def test_concurrent_attempts_read_their_contexts_in_one_call(
