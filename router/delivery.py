@@ -273,7 +273,7 @@ class DeliveryWorker:
                     status=DeliveryStatus.dead,
                     fields={"reason": f"internal error: {type(exc).__name__}"},
                 )
-                self.metrics.deliveries.labels(outcome="dead").inc()
+                self.metrics.delivered("dead").inc()
         finally:
             self._free_slot(item)
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
@@ -330,7 +330,7 @@ class DeliveryWorker:
             # Its record outlived ROUTER_RETENTION before an attempt: the backlog is longer
             # than the retention. Counted and logged, never silent.
             await self.ledger.ack(item)
-            self.metrics.deliveries.labels(outcome="expired").inc()
+            self.metrics.delivered("expired").inc()
             log.warning("delivery %s expired before it could be attempted", item.delivery_id)
             return
         if DeliveryStatus(delivery["status"]) in TERMINAL:
@@ -388,7 +388,7 @@ class DeliveryWorker:
 
     async def _skip(self, item: WorkItem, reason: str) -> None:
         await self.ledger.finish(item, status=DeliveryStatus.skipped, fields={"reason": reason})
-        self.metrics.deliveries.labels(outcome="skipped").inc()
+        self.metrics.delivered("skipped").inc()
 
     async def _attempt(
         self, item: WorkItem, delivery: dict[str, str], event: dict[str, Any], sub: Subscriber
@@ -434,7 +434,7 @@ class DeliveryWorker:
             await self.ledger.finish(
                 item, status=DeliveryStatus.succeeded, attempt=record, fields=fields, breaker=True
             )
-            self.metrics.deliveries.labels(outcome="succeeded").inc()
+            self.metrics.delivered("succeeded").inc()
             if event["received_at"]:
                 self.metrics.end_to_end_seconds.observe((now_ms() - event["received_at"]) / 1000)
             return
@@ -445,7 +445,7 @@ class DeliveryWorker:
                 item, status=DeliveryStatus.dead, attempt=record, fields=fields
             )
             await self.store.set_status(sub.id, SubscriberStatus.disabled, reason)
-            self.metrics.deliveries.labels(outcome="dead").inc()
+            self.metrics.delivered("dead").inc()
             log.warning("subscriber %s answered 410 Gone: disabled", sub.id)
             return
         failures = int(delivery.get("schedule_index", 0)) + 1
@@ -461,7 +461,7 @@ class DeliveryWorker:
             await self.ledger.finish(
                 item, status=DeliveryStatus.dead, attempt=record, fields=fields, **breaker_args
             )
-            self.metrics.deliveries.labels(outcome="dead").inc()
+            self.metrics.delivered("dead").inc()
             return
         due = now_ms() + int(delay * 1000)
         fields["next_attempt_at"] = due
@@ -473,4 +473,4 @@ class DeliveryWorker:
             retry_at=due,
             **breaker_args,
         )
-        self.metrics.deliveries.labels(outcome="failed").inc()
+        self.metrics.delivered("failed").inc()

@@ -116,5 +116,5 @@ class Dispatcher:
             )
             plans.append((entry_id, event_id, event, [s.id for s in subscribers]))
         created = await self.ledger.create_deliveries(plans)
-        self.metrics.deliveries.labels(outcome="created").inc(created)
+        self.metrics.delivered("created").inc(created)
         return created

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
@@ -77,9 +78,9 @@ class IncomingEvent:
     routable: bool
 
 
-@dataclass(frozen=True)
-class WorkItem:
-    """One ready-stream entry: a delivery due for an attempt."""
+class WorkItem(NamedTuple):
+    """One ready-stream entry: a delivery due for an attempt (a tuple: made for every
+    delivery read, and cheaper to build than a frozen dataclass)."""
 
     entry_id: str
     delivery_id: str
@@ -101,18 +102,22 @@ class WorkItem:
 class AttemptContext(NamedTuple):
     """What `Ledger.attempt_context` found for one delivery."""
 
-    delivery: dict[str, str]  # empty: the record expired
+    delivery: dict[str, str]  # status, attempts, schedule_index; empty: the record expired
     event: dict[str, Any]  # body, event, location_id, company_id, received_at; empty: expired
     subscriber: bytes | None  # the subscriber's JSON; None: deleted
     breaker: dict[str, str]  # failures, open_until; empty: closed
 
 
+@lru_cache(maxsize=65_536)
+def _subscriber_suffix(subscriber_id: str) -> str:
+    digest = hashlib.blake2b(subscriber_id.encode(), digest_size=5).digest()
+    return "".join("0123456789abcdefghjkmnpqrstvwxyz"[b % 32] for b in digest)
+
+
 def delivery_id_for(event_id: str, subscriber_id: str) -> str:
     """Deterministic, so re-dispatching an event can never create a second delivery for the
     same subscriber; it sorts by the event's time, like the event id it embeds."""
-    digest = hashlib.blake2b(subscriber_id.encode(), digest_size=5).digest()
-    suffix = "".join("0123456789abcdefghjkmnpqrstvwxyz"[b % 32] for b in digest)
-    return f"dlv_{event_id.removeprefix('evt_')}{suffix}"
+    return f"dlv_{event_id.removeprefix('evt_')}{_subscriber_suffix(subscriber_id)}"
 
 
 # A batch of accepts in one call (concurrent requests share it; see `router.batching`).
@@ -257,11 +262,14 @@ return out
 # its. Event bodies are read beside it, by plain commands: copying them through Lua would
 # hold Redis for as long as a batch of large bodies takes.
 # KEYS: subscribers hash, then n deliveries, s breakers. ARGV: n, s, s subscriber ids.
-# Returns the n deliveries (HGETALL), s subscribers (JSON or nil), s breakers (HGETALL).
+# Returns the n deliveries (status, attempts, schedule index), s subscribers (JSON or nil),
+# s breakers (HGETALL).
 _CONTEXTS = """
 local n, s = tonumber(ARGV[1]), tonumber(ARGV[2])
 local deliveries, subscribers, breakers = {}, {}, {}
-for i = 1, n do deliveries[i] = redis.call('HGETALL', KEYS[1 + i]) end
+for i = 1, n do
+  deliveries[i] = redis.call('HMGET', KEYS[1 + i], 'status', 'attempts', 'schedule_index')
+end
 for i = 1, s do
   subscribers[i] = redis.call('HGET', KEYS[1], ARGV[2 + i])
   breakers[i] = redis.call('HGETALL', KEYS[1 + n + i])
@@ -309,6 +317,17 @@ def _event_fields(row: list[bytes | None]) -> dict[str, Any]:
         "company_id": _s(row[3]),
         "received_at": int(row[4] or 0),
     }
+
+
+# What an attempt needs of its delivery record (the rest is for operators).
+_DELIVERY_FIELDS = ("status", "attempts", "schedule_index")
+
+
+def _delivery_fields(row: list[bytes | None]) -> dict[str, str]:
+    """A delivery's fields for an attempt (HMGET of `_DELIVERY_FIELDS`); empty if it expired."""
+    if row[0] is None:
+        return {}
+    return {f: v.decode() for f, v in zip(_DELIVERY_FIELDS, row, strict=True) if v is not None}
 
 
 def _pairs(flat: list[bytes]) -> dict[str, str]:
@@ -434,10 +453,10 @@ class Ledger:
     async def _read(
         self, stream: str, group: str, consumer: str, count: int, block_ms: int
     ) -> list[tuple[str, bytes]]:
+        # Sent raw: redis-py's reply parsing (a dict per entry) cost more than the read.
+        read = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms)
         started = time.monotonic()
-        reply = await self.redis.xreadgroup(
-            group, consumer, {stream: ">"}, count=count, block=block_ms
-        )
+        (reply,) = await self.run_commands([(*read, "STREAMS", stream, ">")])
         if not reply:
             # Redis answers empty once block_ms has passed; the embedded store answers at once
             # (it does not block this read), and its readers would spin a core if not held here.
@@ -445,12 +464,10 @@ class Ledger:
             if left > 0:
                 await asyncio.sleep(min(left, EMPTY_READ_POLL_SECONDS))
             return []
-        out: list[tuple[str, bytes]] = []
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                value = next(iter(fields.values()), b"") if fields else b""
-                out.append((entry_id.decode(), value))
-        return out
+        # RESP2: [[stream, entries]]; RESP3 (and fakeredis): {stream: entries}. Each entry is
+        # [entry id, [field, value]].
+        (entries,) = reply.values() if isinstance(reply, dict) else (e for _, e in reply)
+        return [(entry_id.decode(), fields[1]) for entry_id, fields in entries]
 
     async def _claim(
         self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
@@ -623,7 +640,7 @@ class Ledger:
         events = {e: _decoded(_event_fields, r) for e, r in zip(event_ids, event_rows, strict=True)}
         out: list[AttemptContext | Exception] = []
         for item, raw in zip(items, deliveries, strict=True):
-            delivery = _decoded(_pairs, raw)
+            delivery = _decoded(_delivery_fields, raw)
             event, own_breaker = events[item.event_id], breaker[item.subscriber_id]
             error = next(
                 (x for x in (delivery, event, own_breaker) if isinstance(x, Exception)), None

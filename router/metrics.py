@@ -58,6 +58,7 @@ class Metrics:
             "router_queue_depth", "Items waiting, by queue", ["queue"], registry=r
         )
         self._received: dict[tuple[str, str], Any] = {}
+        self._delivered: dict[str, Any] = {}
         self.open_breakers = Gauge(
             "router_open_breakers", "Subscribers whose circuit breaker is open", registry=r
         )
@@ -69,6 +70,13 @@ class Metrics:
             child = self._received[(event, status)] = self.events_received.labels(
                 event=event, status=status
             )
+        return child
+
+    def delivered(self, outcome: str) -> Any:
+        """The deliveries counter for one outcome, looked up once (hot path)."""
+        child = self._delivered.get(outcome)
+        if child is None:
+            child = self._delivered[outcome] = self.deliveries.labels(outcome=outcome)
         return child
 
 
