@@ -199,6 +199,20 @@ end
 return created
 """
 
+# KEYS: ready stream, the parked-subscribers set, then per item its subscriber's parked set.
+# ARGV: group, now, then per item (entry id, work member, subscriber id).
+_PARK = """
+local entries = {}
+for i = 1, #KEYS - 2 do
+  local a = 3 * i
+  redis.call('ZADD', KEYS[2 + i], ARGV[2], ARGV[a + 1])
+  redis.call('SADD', KEYS[2], ARGV[a + 2])
+  entries[i] = ARGV[a]
+end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
+redis.call('XDEL', KEYS[1], unpack(entries))
+"""
+
 # KEYS: the subscriber's parked set, the parked-subscribers set, ready stream.
 # ARGV: subscriber id, how many to release.
 _RELEASE_PARKED = """
@@ -353,11 +367,19 @@ class Ledger:
         self._accept = redis.register_script(_ACCEPT)
         self._create = redis.register_script(_CREATE_DELIVERIES)
         self._move_due = redis.register_script(_MOVE_DUE)
+        self._park = redis.register_script(_PARK)
         self._release_parked = redis.register_script(_RELEASE_PARKED)
         self._finish = redis.register_script(_FINISH)
         self._contexts_script = redis.register_script(_CONTEXTS)
         # Those sent through `run_commands`, by digest (the others redis-py sends itself).
-        self._scripts = (self._accept, self._create, self._finish, self._contexts_script)
+        self._scripts = (
+            self._accept,
+            self._create,
+            self._park,
+            self._release_parked,
+            self._finish,
+            self._contexts_script,
+        )
         self._round_trips = RoundTrips(redis)
         # Ingest and delivery each get their own lanes, so neither waits behind the other.
         self._accepts = MicroBatcher(
@@ -547,10 +569,9 @@ class Ledger:
 
     async def routing_fields(self, event_ids: Sequence[str]) -> list[dict[str, str | None] | None]:
         """For each event: its name, location and company (None if it has expired)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event_id in event_ids:
-                pipe.hmget(self.keys.event(event_id), ["event", "location_id", "company_id"])
-            rows = await pipe.execute()
+        rows = await self.run_commands(
+            [("HMGET", self.keys.event(e), "event", "location_id", "company_id") for e in event_ids]
+        )
         out: list[dict[str, str | None] | None] = []
         for event, location, company in rows:
             if event is None:
@@ -736,19 +757,18 @@ class Ledger:
         if not items:
             return
         k = self.keys
-        now = now_ms()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for item in items:
-                pipe.zadd(k.parked(item.subscriber_id), {item.member: now})
-                pipe.sadd(k.parked_subscribers, item.subscriber_id)
-            pipe.xack(k.ready_stream, DELIVER_GROUP, *[i.entry_id for i in items])
-            pipe.xdel(k.ready_stream, *[i.entry_id for i in items])
-            await pipe.execute()
+        keys = [k.ready_stream, k.parked_subscribers]
+        args: list[str | int] = [DELIVER_GROUP, now_ms()]
+        for item in items:
+            keys.append(k.parked(item.subscriber_id))
+            args += [item.entry_id, item.member, item.subscriber_id]
+        await self._run_script(self._park, keys=keys, args=args)
 
     async def release_parked(self, subscriber_id: str, count: int) -> int:
         """Move up to `count` of a subscriber's oldest parked work back to the ready queue."""
         k = self.keys
-        released = await self._release_parked(
+        released = await self._run_script(
+            self._release_parked,
             keys=[k.parked(subscriber_id), k.parked_subscribers, k.ready_stream],
             args=[subscriber_id, count],
         )
