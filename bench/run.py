@@ -16,11 +16,12 @@ import platform
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,6 +124,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.sizes = QUICK if args.quick else FULL
+        self.repeats: int = args.repeats or (1 if args.quick else 3)
         self.redis_url: str = args.redis_url
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.token = secrets.token_hex(3)
@@ -301,9 +303,10 @@ class Bench:
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
     @contextlib.contextmanager
-    def profiled(self, proc: Proc, name: str) -> Iterator[None]:
-        """Record `proc` with py-spy while the block runs (with --profile)."""
-        if not self.args.profile:
+    def profiled(self, proc: Proc, name: str, first: bool = True) -> Iterator[None]:
+        """Record `proc` with py-spy while the block runs (with --profile; the first round
+        of a scenario only)."""
+        if not self.args.profile or not first:
             yield
             return
         raw = RESULTS / f"{self.run_id}-profile-{name}.txt"
@@ -341,9 +344,10 @@ class Bench:
     # ------------------------------------------------------------------ scenarios
     async def scenario_a(self) -> None:
         s = self.sizes
+        rounds: list[dict[str, Any]] = []
         with contextlib.ExitStack() as stack:
             port = free_port()
-            proc = stack.enter_context(
+            baseline = stack.enter_context(
                 Proc(
                     "baseline-ingest",
                     [*python_module("bench.baseline_ingest"), "--port", str(port)],
@@ -351,110 +355,181 @@ class Bench:
                     self.logdir,
                 )
             )
-            await wait_http(proc, f"http://127.0.0.1:{port}/healthz")
+            await wait_http(baseline, f"http://127.0.0.1:{port}/healthz")
             url = f"http://127.0.0.1:{port}/webhooks"
             await self.loadgen(url, connections=s.a_connections, duration=1)  # warm-up
-            cpu = proc.cpu_seconds()
-            base = await self.loadgen(url, connections=s.a_connections, duration=s.a_seconds)
-            base_cpu = _per_unit(cpu, proc.cpu_seconds(), base["accepted"])
-        async with self.keyspace("a") as (prefix, _):
+            for number, sides in _paired_rounds(self.repeats):
+                result: dict[str, Any] = {}
+                for side in sides:
+                    if side == "baseline":
+                        cpu = baseline.cpu_seconds()
+                        run = await self.loadgen(
+                            url, connections=s.a_connections, duration=s.a_seconds
+                        )
+                        result["baseline"] = _strip(run)
+                        result["baseline_cpu"] = _per_unit(
+                            cpu, baseline.cpu_seconds(), run["accepted"]
+                        )
+                    else:
+                        result.update(await self._a_router(number))
+                result["ratio"] = _ratio(
+                    result["router"]["accepted_per_s"], result["baseline"]["accepted_per_s"]
+                )
+                rounds.append(result)
+        self.report.details["A"] = {"router_command": "serve --no-workers", "rounds": rounds}
+        self._paired_row(
+            "A",
+            f"ingest accepted/s, {s.a_connections} conns, {s.a_seconds:g} s",
+            "ev/s",
+            "≥ 0.60",
+            0.60,
+            rounds,
+            rate=lambda r: (r["router"]["accepted_per_s"], r["baseline"]["accepted_per_s"]),
+            unit="event",
+            extra=_non_2xx_rounds(rounds),
+        )
+
+    async def _a_router(self, number: int) -> dict[str, Any]:
+        """One round of A against the router: its own keyspace and `serve --no-workers`."""
+        s = self.sizes
+        async with self.keyspace(f"a{number}") as (prefix, _):
             with contextlib.ExitStack() as stack:
-                proc, port = self.router(stack, "serve-a", prefix, "serve --no-workers")
+                proc, port = self.router(stack, f"serve-a{number}", prefix, "serve --no-workers")
                 await wait_http(proc, f"http://127.0.0.1:{port}/readyz")
                 url = f"http://127.0.0.1:{port}/webhooks"
                 await self.loadgen(url, connections=s.a_connections, duration=1)
                 cpu, redis_cpu = proc.cpu_seconds(), await self.redis_cpu()
-                with self.profiled(proc, "A"):
+                with self.profiled(proc, "A", first=number == 0):
                     run = await self.loadgen(url, connections=s.a_connections, duration=s.a_seconds)
-                router_cpu = _per_unit(cpu, proc.cpu_seconds(), run["accepted"])
-                redis_cpu = _per_unit(redis_cpu, await self.redis_cpu(), run["accepted"])
-                rss = proc.rss_bytes()
-        self.report.details["A"] = {
-            "baseline": _strip(base),
-            "router": _strip(run),
-            "router_rss": rss,
-            "router_command": "serve --no-workers",
-            "cpu_us_per_event": {"router": router_cpu, "redis": redis_cpu, "baseline": base_cpu},
-        }
-        ratio = _ratio(run["accepted_per_s"], base["accepted_per_s"])
-        self.add(
-            Row(
-                "A",
-                f"ingest accepted/s, {s.a_connections} conns, {s.a_seconds:g} s",
-                run["accepted_per_s"],
-                "ev/s",
-                base["accepted_per_s"],
-                ratio,
-                "≥ 0.60",
-                ratio is not None and ratio >= 0.60,
-                _join(_non_2xx(run), _cpu_note(router_cpu, redis_cpu, base_cpu, "event")),
-            )
-        )
+                return {
+                    "router": _strip(run),
+                    "router_cpu": _per_unit(cpu, proc.cpu_seconds(), run["accepted"]),
+                    "redis_cpu": _per_unit(redis_cpu, await self.redis_cpu(), run["accepted"]),
+                    "router_rss": proc.rss_bytes(),
+                }
 
     async def scenario_b(self) -> None:
         s = self.sizes
         fan_out = 10
+        rounds: list[dict[str, Any]] = []
         with contextlib.ExitStack() as stack:
             rport = await self.receiver(stack)
             urls = [f"http://127.0.0.1:{rport}/b/{i}" for i in range(fan_out)]
-            client = await self.run_process(
-                "baseline-client",
-                [
-                    *python_module("bench.baseline_client"),
-                    "--urls",
-                    ",".join(urls),
-                    "--events",
-                    str(s.b_events),
-                    "--concurrency",
-                    str(DELIVERY_CONCURRENCY),
-                ],
-                timeout=600,
-            )
-            base_stats = await self.receiver_stats(rport)
-            await self.receiver_reset(rport)
-            async with self.keyspace("b") as (prefix, _):
-                await self.register(prefix, urls)
-                loaded = await self.preload(prefix, s.b_events)
-                with contextlib.ExitStack() as router:
-                    proc, port = self.router(router, "serve-b", prefix, "serve")
-                    await wait_http(proc, f"http://127.0.0.1:{port}/readyz")
-                    # From here on: start-up (imports) is not counted as delivery work.
-                    cpu, redis_cpu = proc.cpu_seconds(), await self.redis_cpu()
-                    arrived = (await self.receiver_stats(rport))["count"]
-                    with self.profiled(proc, "B"):
-                        stats = await self.wait_arrivals(rport, loaded["accepted"] * fan_out)
-                    done = stats["count"] - arrived
-                    router_cpu = _per_unit(cpu, proc.cpu_seconds(), done)
-                    redis_cpu = _per_unit(redis_cpu, await self.redis_cpu(), done)
-                    rss = proc.rss_bytes()
-        base_rate = _arrival_rate(base_stats)
-        base_cpu = client["cpu_s"] * 1e6 / client["posts"] if client["posts"] else None
-        rate = _arrival_rate(stats)
-        self.report.details["B"] = {
-            "baseline_client": client,
-            "baseline_receiver": base_stats,
-            "router_receiver": stats,
-            "preload": _strip(loaded),
-            "router_rss": rss,
-            "concurrency": DELIVERY_CONCURRENCY,
-            "cpu_us_per_delivery": {"router": router_cpu, "redis": redis_cpu, "baseline": base_cpu},
-        }
-        ratio = _ratio(rate, base_rate)
-        note = _join(
-            _delivery_note(stats, loaded["accepted"] * fan_out),
-            _cpu_note(router_cpu, redis_cpu, base_cpu, "delivery"),
+            for number, sides in _paired_rounds(self.repeats):
+                result: dict[str, Any] = {}
+                for side in sides:
+                    await self.receiver_reset(rport)
+                    if side == "baseline":
+                        client = await self.run_process(
+                            "baseline-client",
+                            [
+                                *python_module("bench.baseline_client"),
+                                "--urls",
+                                ",".join(urls),
+                                "--events",
+                                str(s.b_events),
+                                "--concurrency",
+                                str(DELIVERY_CONCURRENCY),
+                            ],
+                            timeout=600,
+                        )
+                        result["baseline_client"] = client
+                        result["baseline_receiver"] = await self.receiver_stats(rport)
+                        result["baseline_cpu"] = (
+                            client["cpu_s"] * 1e6 / client["posts"] if client["posts"] else None
+                        )
+                    else:
+                        result.update(await self._b_router(number, rport, urls))
+                result["ratio"] = _ratio(
+                    _arrival_rate(result["router_receiver"]),
+                    _arrival_rate(result["baseline_receiver"]),
+                )
+                rounds.append(result)
+        self.report.details["B"] = {"concurrency": DELIVERY_CONCURRENCY, "rounds": rounds}
+        expected = rounds[-1]["expected"]
+        notes = dict.fromkeys(_delivery_note(r["router_receiver"], expected) for r in rounds)
+        self._paired_row(
+            "B",
+            f"deliveries/s, fan-out {fan_out}, {s.b_events} events",
+            "dlv/s",
+            "≥ 0.50",
+            0.50,
+            rounds,
+            rate=lambda r: (
+                _arrival_rate(r["router_receiver"]),
+                _arrival_rate(r["baseline_receiver"]),
+            ),
+            unit="delivery",
+            extra=_join(*notes),
         )
+
+    async def _b_router(self, number: int, rport: int, urls: list[str]) -> dict[str, Any]:
+        """One round of B against the router: events accepted first, then `serve` dispatches
+        and delivers them."""
+        async with self.keyspace(f"b{number}") as (prefix, _):
+            await self.register(prefix, urls)
+            loaded = await self.preload(prefix, self.sizes.b_events)
+            expected = loaded["accepted"] * len(urls)
+            with contextlib.ExitStack() as router:
+                proc, port = self.router(router, f"serve-b{number}", prefix, "serve")
+                await wait_http(proc, f"http://127.0.0.1:{port}/readyz")
+                # From here on: start-up (imports) is not counted as delivery work.
+                cpu, redis_cpu = proc.cpu_seconds(), await self.redis_cpu()
+                arrived = (await self.receiver_stats(rport))["count"]
+                with self.profiled(proc, "B", first=number == 0):
+                    stats = await self.wait_arrivals(rport, expected)
+                done = stats["count"] - arrived
+                return {
+                    "preload": _strip(loaded),
+                    "expected": expected,
+                    "router_receiver": stats,
+                    "router_cpu": _per_unit(cpu, proc.cpu_seconds(), done),
+                    "redis_cpu": _per_unit(redis_cpu, await self.redis_cpu(), done),
+                    "router_rss": proc.rss_bytes(),
+                }
+
+    def _paired_row(
+        self,
+        scenario: str,
+        measurement: str,
+        rate_unit: str,
+        target: str,
+        bound: float,
+        rounds: list[dict[str, Any]],
+        *,
+        rate: Callable[[dict[str, Any]], tuple[float | None, float | None]],
+        unit: str,
+        extra: str,
+    ) -> None:
+        """One row for rounds of (router, baseline) pairs: the median of each side's rate,
+        and the median of the rounds' ratios, each ratio taken within its own round."""
+        ratios = [r["ratio"] for r in rounds if r["ratio"] is not None]
+        ratio = statistics.median(ratios) if ratios else None
+        router_rates = [x for x in (rate(r)[0] for r in rounds) if x is not None]
+        base_rates = [x for x in (rate(r)[1] for r in rounds) if x is not None]
+        spread = ""
+        if len(rounds) > 1:
+            spread = f"median of {len(rounds)} rounds, ratios " + ", ".join(_fmt(x) for x in ratios)
         self.add(
             Row(
-                "B",
-                f"deliveries/s, fan-out {fan_out}, {s.b_events} events",
-                rate,
-                "dlv/s",
-                base_rate,
+                scenario,
+                measurement,
+                statistics.median(router_rates) if router_rates else None,
+                rate_unit,
+                statistics.median(base_rates) if base_rates else None,
                 ratio,
-                "≥ 0.50",
-                ratio is not None and ratio >= 0.50,
-                note,
+                target,
+                ratio is not None and ratio >= bound,
+                _join(
+                    spread,
+                    extra,
+                    _cpu_note(
+                        _median(r["router_cpu"] for r in rounds),
+                        _median(r["redis_cpu"] for r in rounds),
+                        _median(r["baseline_cpu"] for r in rounds),
+                        unit,
+                    ),
+                ),
             )
         )
 
@@ -775,6 +850,22 @@ class Bench:
 
 
 # ---------------------------------------------------------------------- helpers
+def _paired_rounds(repeats: int) -> Iterator[tuple[int, tuple[str, str]]]:
+    """Round numbers with the order of their two sides, alternating so that a machine that
+    speeds up or slows down during the scenario favours neither side."""
+    for number in range(repeats):
+        yield number, ("baseline", "router") if number % 2 == 0 else ("router", "baseline")
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _non_2xx_rounds(rounds: list[dict[str, Any]]) -> str:
+    return _join(*dict.fromkeys(_non_2xx(r["router"]) for r in rounds))
+
+
 def _strip(run: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run.items() if k != "sends"}
 
@@ -929,7 +1020,12 @@ async def machine_info(redis_url: str) -> dict[str, Any]:
 
 
 def render_markdown(
-    report: Report, machine: dict[str, Any], command: str, run_id: str, sizes: Sizes
+    report: Report,
+    machine: dict[str, Any],
+    command: str,
+    run_id: str,
+    sizes: Sizes,
+    repeats: int,
 ) -> str:
     pk = machine["packages"]
     parts = [
@@ -945,7 +1041,9 @@ def render_markdown(
         "",
         markdown_table(report.rows),
         "",
-        f"Sizes: {', '.join(f'{k}={v}' for k, v in asdict(sizes).items())}.",
+        f"Sizes: {', '.join(f'{k}={v}' for k, v in asdict(sizes).items())}. A and B: "
+        f"{repeats} rounds of a (baseline, router) pair, in alternating order; each ratio is "
+        "taken within its round, and the table gives the medians.",
         "",
         "1-minute load average when each scenario started (other work on the machine shows "
         "here): " + ", ".join(f"{k} {v:.2f}" for k, v in report.load.items()) + ".",
@@ -985,6 +1083,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", default=",".join(SCENARIOS), help="scenarios to run, e.g. A,C (default: all)"
     )
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        metavar="N",
+        help="rounds of (baseline, router) pairs in A and B, each ratio taken within its round "
+        "and the median reported (default: 3, or 1 with --quick)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="record the router with py-spy during A and B (perturbs those numbers)",
@@ -1007,6 +1113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.router_env = dict(item.split("=", 1) for item in args.router_env)
     except ValueError:
         parser.error("--router-env takes NAME=VALUE")
+    if args.repeats < 0:
+        parser.error("--repeats takes a positive number of rounds")
     args.only = [s.strip().upper() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.only if s not in SCENARIOS]
     if unknown:
@@ -1030,6 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - started, 1),
         "machine": machine,
         "sizes": asdict(bench.sizes),
+        "repeats": bench.repeats,
         "rows": [asdict(r) for r in report.rows],
         "details": report.details,
         "profiles": report.profiles,
@@ -1040,7 +1149,9 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / f"{bench.run_id}.json").write_bytes(
         orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     )
-    text = render_markdown(report, machine, command.strip(), bench.run_id, bench.sizes)
+    text = render_markdown(
+        report, machine, command.strip(), bench.run_id, bench.sizes, bench.repeats
+    )
     (RESULTS / f"{bench.run_id}.md").write_text(text)
     (RESULTS / "latest.md").write_text(text)
     print()
