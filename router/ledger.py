@@ -385,8 +385,12 @@ class Ledger:
         self._accepts = MicroBatcher(
             self._accept_batch, weight=lambda e: len(e.body), max_weight=ACCEPT_BATCH_BYTES
         )
-        self._contexts = MicroBatcher(self._context_batch)
-        self._outcomes = MicroBatcher(self._finish_batch)
+        # A delivery's context and outcome wait on no receiver, so one batch at a time each:
+        # under load, four lanes flushed batches of ~18 deliveries, one lane ~25, and the
+        # router spent 4-16% less CPU per delivery; one round trip of waiting is well below
+        # the POST's own time.
+        self._contexts = MicroBatcher(self._context_batch, max_in_flight=1)
+        self._outcomes = MicroBatcher(self._finish_batch, max_in_flight=1)
 
     # ---------------------------------------------------------------- ingest
     async def accept(self, event: IncomingEvent) -> tuple[EventStatus, str]:
