@@ -164,6 +164,7 @@ class DeliveryWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._capacity_freed = asyncio.Event()
         self._parked: set[str] = set()  # subscribers this worker parked work for
+        self._releasing: set[str] = set()  # subscribers with a release of parked work running
         # Subscribers whose breaker held their work back, and until when (ms): their parked
         # work is not released as slots free up before then, or it would cycle through the
         # ready queue (read, parked, released, read...) for as long as the breaker stays open.
@@ -297,8 +298,16 @@ class DeliveryWorker:
         room = self.per_subscriber - self._inflight[sub]
         if self._inflight[sub] == 0:
             del self._inflight[sub]
-        if sub in self._parked and not queue and room > 0 and not self._held(sub):
-            self._start_release(sub, room)
+        if (
+            sub in self._parked
+            and sub not in self._releasing
+            and not queue
+            and room > 0
+            and not self._held(sub)
+        ):
+            # Enough for its free slots and its local queue: released a slot's worth at a
+            # time, a backlog came back one round trip per finished attempt.
+            self._start_release(sub, room + self.waiting_per_subscriber)
 
     def _held(self, sub: str) -> bool:
         until = self._held_until.get(sub)
@@ -307,17 +316,20 @@ class DeliveryWorker:
             until = None
         return until is not None
 
-    def _start_release(self, sub: str, room: int) -> None:
-        """Bring back parked work for a subscriber that has room again (in the background:
-        this runs as an attempt finishes)."""
+    def _start_release(self, sub: str, count: int) -> None:
+        """Bring back up to `count` of the parked work of a subscriber that has room again
+        (in the background: this runs as an attempt finishes; one release at a time)."""
 
         async def release() -> None:
             try:
-                if await self.ledger.release_parked(sub, room) < room:
+                if await self.ledger.release_parked(sub, count) < count:
                     self._parked.discard(sub)
             except UNAVAILABLE:
                 pass  # the retry scheduler releases parked work too
+            finally:
+                self._releasing.discard(sub)
 
+        self._releasing.add(sub)
         task = asyncio.create_task(release())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
