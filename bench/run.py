@@ -446,8 +446,7 @@ class Bench:
                 )
                 rounds.append(result)
         self.report.details["B"] = {"concurrency": DELIVERY_CONCURRENCY, "rounds": rounds}
-        expected = rounds[-1]["expected"]
-        notes = dict.fromkeys(_delivery_note(r["router_receiver"], expected) for r in rounds)
+        notes = dict.fromkeys(_delivery_note(r["router_receiver"], r["expected"]) for r in rounds)
         self._paired_row(
             "B",
             f"deliveries/s, fan-out {fan_out}, {s.b_events} events",
