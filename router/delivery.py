@@ -18,8 +18,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from redis.exceptions import ResponseError
@@ -44,8 +43,7 @@ RESPONSE_BODY_LIMIT = 4096
 BREAKER_HOLD_MS = 1000  # the shortest hold on work an open breaker sent back to be parked
 
 
-@dataclass(frozen=True)
-class AttemptResult:
+class AttemptResult(NamedTuple):
     status_code: int | None
     error: str | None
     duration_ms: float
@@ -82,6 +80,8 @@ async def _read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:
             break
         chunks.append(chunk)
         size += len(chunk)
+        if resp.content.at_eof():  # the usual short answer: no second read to find the end
+            break
     return b"".join(chunks)
 
 
@@ -206,7 +206,8 @@ class DeliveryWorker:
         self._waiting = WaitingWork(self.waiting_per_subscriber)
         self._load = 0  # attempts started and not finished
         self._overread = 0  # work read lately that had to be parked at once (`_read_budget`)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._attempts: dict[str, asyncio.Task[None]] = {}  # by queue entry id
+        self._releases: set[asyncio.Task[None]] = set()  # of parked work
         self._capacity_freed = asyncio.Event()
         self._parked: set[str] = set()  # subscribers this worker parked work for
         self._releasing: set[str] = set()  # subscribers with a release of parked work running
@@ -282,8 +283,8 @@ class DeliveryWorker:
                 log.warning(
                     "could not hand back %d deliveries; they will be reclaimed", len(waiting)
                 )
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        if tasks := {*self._attempts.values(), *self._releases}:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -307,8 +308,7 @@ class DeliveryWorker:
         self._inflight[item.subscriber_id] += 1
         self._holding.add(item.entry_id)
         self._load += 1
-        task = asyncio.create_task(self._run_one(item))
-        self._tasks.add(task)
+        self._attempts[item.entry_id] = asyncio.create_task(self._run_one(item))
 
     async def _run_one(self, item: WorkItem) -> None:
         try:
@@ -335,7 +335,7 @@ class DeliveryWorker:
                 self.metrics.delivered("dead").inc()
         finally:
             self._free_slot(item)
-            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._attempts.pop(item.entry_id, None)
             self._load -= 1
             if self._overread:
                 self._overread -= 1
@@ -389,8 +389,8 @@ class DeliveryWorker:
 
         self._releasing.add(sub)
         task = asyncio.create_task(release())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     # ------------------------------------------------------------------ one delivery
     async def handle(self, item: WorkItem) -> None:
