@@ -38,6 +38,7 @@ from subscriptions.store import SubscriberStore
 log = logging.getLogger("router.delivery")
 
 CLAIM_CHECK_SECONDS = 2.0  # how often to look for work left by dead or stalled workers
+READ_AT_LEAST_EVERY = 0.25  # seconds; see `DeliveryWorker._read_budget`
 
 RESPONSE_BODY_LIMIT = 4096
 BREAKER_HOLD_MS = 1000  # the shortest hold on work an open breaker sent back to be parked
@@ -222,16 +223,17 @@ class DeliveryWorker:
         """Take work until `stopping` is set, then return (call `drain` to finish up)."""
         self.session = open_session(self.settings, self.capacity)
         backoff = 0.1
-        next_claim = 0.0
+        next_claim = last_read = 0.0
         while not stopping.is_set():
             free = self._read_budget()
+            if free <= 0 and time.monotonic() - last_read >= READ_AT_LEAST_EVERY:
+                free = min(self.per_subscriber, self.capacity - self._load)
             if free <= 0:
                 self._capacity_freed.clear()
-                try:
-                    await asyncio.wait_for(self._capacity_freed.wait(), 1.0)
-                except TimeoutError:
-                    self._overread = 0  # nothing finishes: read on, and park what is stuck
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._capacity_freed.wait(), READ_AT_LEAST_EVERY)
                 continue
+            last_read = time.monotonic()
             try:
                 if time.monotonic() >= next_claim:
                     next_claim = time.monotonic() + min(
@@ -265,6 +267,12 @@ class DeliveryWorker:
         read again (half of all deliveries, in the benchmark's fan-out run). Work read only to
         be parked is a sign of reading ahead too: the budget shrinks by it until as many
         attempts have finished.
+
+        Slow subscribers whose queues are filling but not yet full could hold the whole
+        budget, and everyone else's work would be read only as fast as they answer; so with
+        no budget left, a subscriber's bound of work is still read every
+        `READ_AT_LEAST_EVERY` while any capacity is free. Their queues fill, stop counting,
+        and reading is back to full speed.
         """
         return self.capacity - self._load - self._waiting.pending - self._overread
 
@@ -275,7 +283,6 @@ class DeliveryWorker:
         reclaims and repeats them (receivers see the same webhook-id).
         """
         waiting = self._waiting.take_all()
-        self._overread = 0  # work read lately that had to be parked at once (`_read_budget`)
         if waiting:
             try:
                 await self.ledger.hand_back(waiting)

@@ -19,7 +19,8 @@ from redis.asyncio import Redis
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from router.app import create_app
-from router.ledger import Ledger
+from router.delivery import WaitingWork
+from router.ledger import Ledger, WorkItem
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.payloads import (
     COMPANY_ID,
@@ -590,6 +591,41 @@ async def test_slow_subscriber_gets_no_more_than_its_concurrency_and_delays_no_o
     slow = await receiver.wait_for("/slow", 6)
     assert receiver.peak_concurrency("/slow") == 2
     assert max(h.at for h in slow) - started >= 2.0
+
+
+async def test_slow_subscribers_filling_their_queues_do_not_hold_back_a_quick_one(
+    start_router: RouterFactory, receiver: Receiver
+) -> None:
+    # Capacity 4, one attempt per subscriber: two slow subscribers' attempts and their
+    # filling local queues take the whole read budget; the quick subscriber's work must
+    # still be read (READ_AT_LEAST_EVERY) long before the slow ones answer.
+    router = await start_router(worker_concurrency=4, subscriber_concurrency=1)
+    for path in ("/slow-a", "/slow-b"):
+        receiver.program(path, then=Reply(200, delay=3.0))
+        await router.subscribe(receiver.url(path), ["contacts.readonly"])
+    await router.subscribe(receiver.url("/quick"), ["contacts.readonly"])
+    started = time.monotonic()
+    for _ in range(4):
+        await router.publish("ContactCreate")
+    quick = await receiver.wait_for("/quick", 4)
+    assert max(h.at for h in quick) - started < 2.5
+    assert len(await receiver.wait_for("/slow-a", 4, deadline=30)) == 4
+
+
+def test_waiting_work_counts_only_queues_that_are_not_full() -> None:
+    waiting = WaitingWork(limit=3)
+    a = [WorkItem(f"1-{i}", f"dlv_{i}", "sub_a", "evt") for i in range(4)]
+    b = WorkItem("2-0", "dlv_b", "sub_b", "evt")
+    assert waiting.offer(a[0]) and waiting.offer(a[1]) and waiting.offer(b)
+    assert waiting.pending == 3
+    assert waiting.offer(a[2])  # sub_a's queue is full now: its work stops counting
+    assert waiting.pending == 1
+    assert not waiting.offer(a[3])
+    assert waiting.take("sub_a") == a[0]  # room again: it counts again
+    assert waiting.pending == 3
+    assert waiting.take("sub_b") == b and "sub_b" not in waiting
+    assert waiting.take("sub_b") is None
+    assert waiting.take_all() == a[1:3] and waiting.pending == 0
 
 
 # ---------------------------------------------------------------- operator reads
