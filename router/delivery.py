@@ -58,7 +58,12 @@ class AttemptResult(NamedTuple):
 
 def open_session(settings: Settings, capacity: int) -> aiohttp.ClientSession:
     """One client session per worker: pooled connections, the SSRF guard on every resolve,
-    no cookies kept between subscribers, redirects never followed (set per request)."""
+    no cookies kept between subscribers, redirects never followed (set per request).
+
+    Answers are asked for uncompressed and never decompressed: the attempt log keeps the
+    first 4 KiB of a receiver's answer as text, and decompressing would let a small answer
+    expand without bound in memory.
+    """
     connector = aiohttp.TCPConnector(
         resolver=GuardedResolver(settings.allow_private_targets),
         limit=capacity,
@@ -68,6 +73,7 @@ def open_session(settings: Settings, capacity: int) -> aiohttp.ClientSession:
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=settings.delivery_timeout),
         cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"Accept-Encoding": "identity"},  # not aiohttp's default "gzip, deflate"
         auto_decompress=False,
     )
 

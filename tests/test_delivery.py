@@ -348,6 +348,20 @@ async def test_after_the_grace_period_only_the_new_secret_verifies(
 # ---------------------------------------------------------------- retries
 
 
+async def test_answer_is_asked_for_uncompressed_and_logged_as_text(
+    router: Router, receiver: Receiver
+) -> None:
+    receiver.program("/ok", then=Reply(200, body=b"thanks, got it"))
+    sub = await router.subscribe(receiver.url("/ok"), ["contacts.readonly"])
+    event_id = await router.publish("ContactCreate")
+    (hit,) = await receiver.wait_for("/ok", 1)
+    # With aiohttp's default "gzip, deflate", a receiver may compress its answer, which
+    # the worker does not decompress: the log would hold the compressed bytes as text.
+    assert hit.header("Accept-Encoding") == "identity"
+    delivery = await router.settled(await router.delivery_for(event_id, sub["id"]), "succeeded")
+    assert delivery["attempts"][0]["response_body"] == "thanks, got it"
+
+
 async def test_receiver_failing_twice_gets_three_attempts_of_one_delivery(
     router: Router, receiver: Receiver
 ) -> None:
