@@ -213,8 +213,7 @@ class DeliveryWorker:
         self._waiting = WaitingWork(self.waiting_per_subscriber)
         self._load = 0  # attempts started and not finished
         self._overread = 0  # work read lately that had to be parked at once (`_read_budget`)
-        self._attempts: dict[str, asyncio.Task[None]] = {}  # by queue entry id
-        self._releases: set[asyncio.Task[None]] = set()  # of parked work
+        self._tasks: set[asyncio.Task[None]] = set()
         self._capacity_freed = asyncio.Event()
         self._parked: set[str] = set()  # subscribers this worker parked work for
         self._releasing: set[str] = set()  # subscribers with a release of parked work running
@@ -296,8 +295,8 @@ class DeliveryWorker:
                 log.warning(
                     "could not hand back %d deliveries; they will be reclaimed", len(waiting)
                 )
-        if tasks := {*self._attempts.values(), *self._releases}:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -321,7 +320,8 @@ class DeliveryWorker:
         self._inflight[item.subscriber_id] += 1
         self._holding.add(item.entry_id)
         self._load += 1
-        self._attempts[item.entry_id] = asyncio.create_task(self._run_one(item))
+        task = asyncio.create_task(self._run_one(item))
+        self._tasks.add(task)
 
     async def _run_one(self, item: WorkItem) -> None:
         try:
@@ -348,7 +348,7 @@ class DeliveryWorker:
                 self.metrics.delivered("dead").inc()
         finally:
             self._free_slot(item)
-            self._attempts.pop(item.entry_id, None)
+            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._load -= 1
             if self._overread:
                 self._overread -= 1
@@ -402,8 +402,8 @@ class DeliveryWorker:
 
         self._releasing.add(sub)
         task = asyncio.create_task(release())
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ one delivery
     async def handle(self, item: WorkItem) -> None:
