@@ -24,8 +24,8 @@ def signature_header(msg_id: str, timestamp: int, body: bytes, secrets: list[str
 
     The scheme's HMAC-SHA256 of `id.timestamp.body`, over the body's bytes as they are sent.
     Not `standardwebhooks`' `Webhook.sign`: it takes the body as text and a datetime, and
-    with the copies that costs it cost 13 µs per delivery against 6 (the tests check both
-    agree, and every delivery in them is verified with the library).
+    the copies that takes cost 13 µs per delivery under load against 6 here (the tests check
+    both agree, and every delivery in them is verified with the library).
     """
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return " ".join(
