@@ -18,6 +18,7 @@ from router.context import (
     LEDGER,
     METRICS,
     REDIS,
+    REFUSALS,
     SETTINGS,
     SUBSCRIBERS,
     VERIFIER,
@@ -26,8 +27,9 @@ from router.errors import error_middleware
 from router.keyring import Keyring
 from router.ledger import Ledger
 from router.metrics import Metrics
+from router.server import ConnectionLogger
 from router.settings import Settings
-from router.verification import build_verifier
+from router.verification import RefusalMonitor, build_verifier
 from subscriptions.catalog import Catalog, load_catalog
 from subscriptions.keys import Keys
 from subscriptions.store import SubscriberStore
@@ -52,6 +54,7 @@ def create_app(
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=settings.max_body_bytes,
+        handler_args={"logger": ConnectionLogger()},
     )
     keys = Keys(settings.key_prefix)
     owns_redis = redis is None
@@ -71,6 +74,7 @@ def create_app(
     )
     app[METRICS] = Metrics()
     app[VERIFIER] = build_verifier(settings)
+    app[REFUSALS] = RefusalMonitor()
     for resource in RESOURCES:
         resource.add_routes(app)
     if run_workers:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from router.keyring import Keyring
     from router.ledger import Ledger
     from router.metrics import Metrics
-    from router.verification import Verifier
+    from router.verification import RefusalMonitor, Verifier
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
@@ -30,3 +30,4 @@ KEYRING: web.AppKey[Keyring] = web.AppKey("keyring")
 LEDGER: web.AppKey[Ledger] = web.AppKey("ledger")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 VERIFIER: web.AppKey[Verifier | None] = web.AppKey("verifier")
+REFUSALS: web.AppKey[RefusalMonitor] = web.AppKey("refusals")

@@ -140,17 +140,26 @@ _HTTP_CODES = {
     409: "CONFLICT",
     411: "LENGTH_REQUIRED",
     413: "PAYLOAD_TOO_LARGE",
+    410: "GONE",
     415: "UNSUPPORTED_MEDIA_TYPE",
+    431: "REQUEST_HEADER_FIELDS_TOO_LARGE",
     422: "VALIDATION_FAILED",
     429: "TOO_MANY_REQUESTS",
 }
 
 
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The envelope for a bare HTTP status, with the code that status stands for."""
+    code = _HTTP_CODES.get(status, "INTERNAL" if status >= 500 else "BAD_REQUEST")
+    return ApiError(status, code, message, headers=headers).response()
+
+
 def _from_http_exception(exc: web.HTTPException) -> web.Response:
-    code = _HTTP_CODES.get(exc.status, "INTERNAL" if exc.status >= 500 else "BAD_REQUEST")
     message = exc.reason if exc.status != 404 else "No such route"
     headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-    return ApiError(exc.status, code, message, headers=headers).response()
+    return error_response(exc.status, message, headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -170,5 +179,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         return _from_http_exception(exc)
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.rel_url.path)
+        # The route's template, not the path: a path is the client's to fill.
+        route = request.match_info.route.resource
+        where = route.canonical if route is not None else "an unmatched route"
+        log.exception("unhandled error on %s %s", request.method, where)
         return ApiError(500, "INTERNAL", "Internal error").response()

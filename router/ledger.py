@@ -74,6 +74,7 @@ class IncomingEvent:
     location_id: str | None
     company_id: str | None
     webhook_id: str | None
+    body_digest: str | None  # sha256 hex of the body, when a body seen before is a duplicate
     received_at: int  # ms
     routable: bool
 
@@ -121,20 +122,22 @@ def delivery_id_for(event_id: str, subscriber_id: str) -> str:
 
 
 # A batch of accepts in one call (concurrent requests share it; see `router.batching`).
-# KEYS: events stream, stats, then per event: its hash, its dedupe key. ARGV: retention,
-# dedupe window, max backlog, then per event: id, body, event, payload type, location,
-# company, webhook id ('' = none), received at, status ('accepted'/'unroutable').
+# KEYS: events stream, stats, then per event: its hash, its webhook-id dedupe key, its body
+# dedupe key. ARGV: retention, dedupe window, max backlog, then per event: id, body, event,
+# payload type, location, company, webhook id ('' = none), received at, status
+# ('accepted'/'unroutable'), whether its body digest counts ('1'/'').
 # Returns (status, event id) per event: the original's id for a duplicate, the error message
 # for an event whose own writes failed (`pcall`: one event's error is not its batch's).
 _ACCEPT = """
 local out = {}
 local backlog = redis.call('XLEN', KEYS[1])
 local function accept(i)
-  local a = 4 + 9 * i
-  local event_key, dedupe_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
-  local id, webhook, status = ARGV[a], ARGV[a + 6], ARGV[a + 8]
+  local a = 4 + 10 * i
+  local event_key, webhook_key, body_key = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local id, webhook, status, by_body = ARGV[a], ARGV[a + 6], ARGV[a + 8], ARGV[a + 9]
   local prior = false
-  if webhook ~= '' then prior = redis.call('GET', dedupe_key) end
+  if webhook ~= '' then prior = redis.call('GET', webhook_key) end
+  if not prior and by_body ~= '' then prior = redis.call('GET', body_key) end
   if prior then
     return 'duplicate', prior
   elseif status == 'accepted' and backlog >= tonumber(ARGV[3]) then
@@ -144,7 +147,8 @@ local function accept(i)
     'payload_type', ARGV[a + 3], 'location_id', ARGV[a + 4], 'company_id', ARGV[a + 5],
     'webhook_id', webhook, 'received_at', ARGV[a + 7], 'status', status)
   redis.call('EXPIRE', event_key, ARGV[1])
-  if webhook ~= '' then redis.call('SET', dedupe_key, id, 'EX', ARGV[2]) end
+  if webhook ~= '' then redis.call('SET', webhook_key, id, 'EX', ARGV[2]) end
+  if by_body ~= '' then redis.call('SET', body_key, id, 'EX', ARGV[2]) end
   if status == 'accepted' then
     redis.call('XADD', KEYS[1], '*', 'e', id)
     backlog = backlog + 1
@@ -153,7 +157,7 @@ local function accept(i)
   end
   return status, id
 end
-for i = 0, (#KEYS - 2) / 2 - 1 do
+for i = 0, (#KEYS - 2) / 3 - 1 do
   -- pcall with arguments, not a closure per event: closures were a tenth of the script's time
   local ok, status, id = pcall(accept, i)
   if ok then
@@ -407,30 +411,59 @@ class Ledger:
 
     async def _accept_batch(
         self, events: list[IncomingEvent]
-    ) -> list[tuple[bytes, bytes] | ResponseError]:
+    ) -> list[tuple[bytes, bytes] | Exception]:
         k = self.keys
         keys = [k.events_stream, k.stats]
         args: list[str | bytes | int] = [self.retention, self.dedupe_window, self.max_backlog]
+        results: list[tuple[bytes, bytes] | Exception | None] = []
         for e in events:
-            keys += [k.event(e.event_id), k.dedupe(e.webhook_id or e.event_id)]
-            args += [
-                e.event_id,
-                e.body,
-                e.event,
-                e.payload_type,
-                e.location_id or "",
-                e.company_id or "",
-                e.webhook_id or "",
-                e.received_at,
-                EventStatus.accepted if e.routable else EventStatus.unroutable,
-            ]
-        reply = await self._run_script(self._accept, keys=keys, args=args)
-        return [
-            ResponseError(reply[i + 1].decode())
-            if reply[i] == b"error"
-            else (reply[i], reply[i + 1])
-            for i in range(0, len(reply), 2)
+            try:
+                own_keys, own_args = self._accept_item(e)
+            except (UnicodeError, TypeError, ValueError) as exc:
+                # Checked at the HTTP boundary already; should one slip through, it fails its
+                # own request only, never the batch it happened to share.
+                results.append(exc)
+                continue
+            keys += own_keys
+            args += own_args
+            results.append(None)
+        reply = await self._run_script(self._accept, keys=keys, args=args) if len(keys) > 2 else []
+        replies = iter(range(0, len(reply), 2))
+        out: list[tuple[bytes, bytes] | Exception] = []
+        for result in results:
+            if result is not None:
+                out.append(result)
+                continue
+            i = next(replies)
+            out.append(
+                ResponseError(reply[i + 1].decode())
+                if reply[i] == b"error"
+                else (reply[i], reply[i + 1])
+            )
+        return out
+
+    def _accept_item(self, e: IncomingEvent) -> tuple[list[str], list[bytes | int]]:
+        """One event's keys and arguments for `_ACCEPT`, every string encoded here (so an
+        unencodable one raises before it is part of a batch)."""
+        k = self.keys
+        keys = [
+            k.event(e.event_id),
+            k.dedupe(e.webhook_id or e.event_id),
+            k.body_seen(e.body_digest or e.event_id),
         ]
+        args: list[bytes | int] = [
+            e.event_id.encode(),
+            e.body,
+            e.event.encode(),
+            e.payload_type.encode(),
+            (e.location_id or "").encode(),
+            (e.company_id or "").encode(),
+            (e.webhook_id or "").encode(),
+            e.received_at,
+            (EventStatus.accepted if e.routable else EventStatus.unroutable).value.encode(),
+            b"1" if e.body_digest else b"",
+        ]
+        return keys, args
 
     def _call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Command:
         """A call of one of our scripts, by digest (sent in full only when Redis lacks it)."""

@@ -14,6 +14,8 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 10800.0, 21600.0)
+# A bootstrap token holds every scope: one short enough to guess is no protection.
+MIN_ADMIN_TOKEN = 16
 
 
 class SettingsError(Exception):
@@ -33,7 +35,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `serve` listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port `serve` listens on.")
     admin_token: SecretStr | None = Field(
-        default=None, description="Bootstrap operator token with every scope."
+        default=None,
+        description=f"Bootstrap operator token with every scope (at least {MIN_ADMIN_TOKEN} "
+        "characters); unset: one is generated and printed at start.",
     )
     catalog_path: Path | None = Field(
         default=None,
@@ -47,11 +51,15 @@ class Settings(BaseSettings):
         default="off", description="Incoming verification: off, highlevel or standard."
     )
     highlevel_ed25519_key: str | None = Field(
-        default=None, description="PEM (or path) of the platform's Ed25519 key (x-ghl-signature)."
+        default=None,
+        description="Ed25519 public keys for x-ghl-signature: PEM blocks or file paths, "
+        "comma-separated (several overlap a rotation); unset: the platform's published key; "
+        "`none`: refuse that header.",
     )
     highlevel_rsa_key: str | None = Field(
         default=None,
-        description="PEM (or path) of the RSA key for x-wh-signature; unset: the published key.",
+        description="RSA public keys for the legacy x-wh-signature, as for the Ed25519 keys; "
+        "unset: the platform's published key; `none`: refuse that header.",
     )
     ingest_secret: SecretStr | None = Field(
         default=None, description="whsec_ secret for ROUTER_VERIFY=standard."
@@ -129,6 +137,21 @@ class Settings(BaseSettings):
             if not delays or any(d < 0 for d in delays):
                 raise ValueError("must be one or more non-negative numbers of seconds")
             return delays
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if not token.strip():
+            # Set but empty is a mistake (an unfilled template), not a request for no admin.
+            raise ValueError("must not be empty; unset it to have a token generated")
+        if token != token.strip() or any(not c.isprintable() for c in token):
+            raise ValueError("must not contain spaces at either end or control characters")
+        if len(token) < MIN_ADMIN_TOKEN:
+            raise ValueError(f"must be at least {MIN_ADMIN_TOKEN} characters long")
         return value
 
     @field_validator("catalog_path", "catalog_overlay")

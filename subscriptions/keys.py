@@ -76,6 +76,11 @@ class Keys:
         digest = hashlib.sha256(webhook_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         return f"{self._p}:dedupe:{digest}"
 
+    def body_seen(self, digest: str) -> str:
+        """String: the event id first accepted with this body (sha256 hex; expires with the
+        dedupe window)."""
+        return f"{self._p}:seen:{digest[:32]}"
+
     @property
     def stats(self) -> str:
         """Hash of counters that must survive restarts (unroutable events, ...)."""

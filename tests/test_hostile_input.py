@@ -196,11 +196,8 @@ async def test_malformed_body_is_a_4xx_in_the_envelope(client: TestClient, body:
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(b'{"type": "ContactCreate", "x": 1e999999}', id="float-overflow"),
-        pytest.param(b'{"type": "ContactCreate", "x": -1e999999}', id="negative-overflow"),
         pytest.param(b'{"type": "ContactCreate", "x": 1e-999999}', id="underflow"),
         pytest.param(b'{"type": "ContactCreate", "companyId": "a\\u0000b"}', id="nul-escape"),
-        pytest.param(b'{"type": "ContactCreate", "x": "\\ud800"}', id="surrogate-elsewhere"),
     ],
 )
 async def test_strange_but_valid_json_event_is_accepted(client: TestClient, body: bytes) -> None:

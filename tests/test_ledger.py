@@ -32,6 +32,7 @@ def event() -> IncomingEvent:
         location_id=None,
         company_id=None,
         webhook_id=None,
+        body_digest=None,
         received_at=now_ms(),
         routable=True,
     )

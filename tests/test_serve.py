@@ -23,7 +23,9 @@ async def test_generated_admin_token_opens_the_operator_api(
 
 
 def test_a_configured_admin_token_is_kept(key_prefix: str) -> None:
-    settings, token = with_admin_token(make_settings(key_prefix, admin_token="mine"))
+    settings, token = with_admin_token(
+        make_settings(key_prefix, admin_token="mine-0123456789abcdef")
+    )
     assert token is None
     assert settings.admin_token is not None
-    assert settings.admin_token.get_secret_value() == "mine"
+    assert settings.admin_token.get_secret_value() == "mine-0123456789abcdef"

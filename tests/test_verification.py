@@ -128,10 +128,15 @@ async def test_unsigned_body_is_refused_before_it_is_parsed(highlevel: TestClien
     assert_unauthenticated(*await post(highlevel, b"{not json", {}))
 
 
-async def test_ed25519_signature_without_a_configured_key_is_refused(
+async def test_ed25519_signature_with_that_scheme_turned_off_is_refused(
     aiohttp_client: Any, redis: Redis, key_prefix: str
 ) -> None:
-    settings = make_settings(key_prefix, verify="highlevel", highlevel_rsa_key=public_pem(RSA_KEY))
+    settings = make_settings(
+        key_prefix,
+        verify="highlevel",
+        highlevel_ed25519_key="none",
+        highlevel_rsa_key=public_pem(RSA_KEY),
+    )
     client = await aiohttp_client(create_app(settings, redis=redis))
     body = encode(platform_event("ContactCreate"))
     assert_unauthenticated(*await post(client, body, ghl_signature(body)))
@@ -158,9 +163,16 @@ async def test_rsa_signature_by_another_key_is_refused(highlevel: TestClient) ->
     assert_unauthenticated(*await post(highlevel, body, wh_signature(body, OTHER_RSA_KEY)))
 
 
-async def test_ed25519_signature_decides_when_both_are_sent(highlevel: TestClient) -> None:
+async def test_a_valid_rsa_signature_is_enough_when_both_are_sent(highlevel: TestClient) -> None:
     body = encode(platform_event("OpportunityCreate"))
     headers = {**ghl_signature(body, OTHER_ED_KEY), **wh_signature(body)}
+    status, answer = await post(highlevel, body, headers)
+    assert (status, answer["status"]) == (202, "accepted")
+
+
+async def test_both_signatures_invalid_is_refused(highlevel: TestClient) -> None:
+    body = encode(platform_event("OpportunityCreate"))
+    headers = {**ghl_signature(body, OTHER_ED_KEY), **wh_signature(body, OTHER_RSA_KEY)}
     assert_unauthenticated(*await post(highlevel, body, headers))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,8 +26,19 @@ class StoredEvent(BaseModel):
     company_id: str | None
     webhook_id: str | None
     received_at: datetime
-    payload: Any = Field(description="The event body exactly as received, parsed")
     deliveries: list[Delivery]
+    payload: Any = Field(
+        default=None, description="The event body exactly as received (its JSON text, verbatim)"
+    )
+
+    def render_with(self, body: bytes) -> web.Response:
+        """This event as JSON with `body` as its payload, spliced in verbatim: parsing and
+        re-serialising would change what was received (integers beyond 64 bits, -0.0,
+        duplicate keys, number spellings)."""
+        head = self.model_dump_json(exclude={"payload"}).encode()
+        return web.Response(
+            body=head[:-1] + b',"payload":' + body.strip() + b"}", content_type="application/json"
+        )
 
 
 @resource.get(
@@ -38,7 +48,7 @@ class StoredEvent(BaseModel):
     response=StoredEvent,
     errors=(404,),
 )
-async def get_event(request: web.Request) -> StoredEvent:
+async def get_event(request: web.Request) -> web.Response:
     ledger, keys = request.app[LEDGER], request.app[KEYS]
     event_id = request.match_info["event_id"]
     row = await ledger.event(event_id)
@@ -46,7 +56,7 @@ async def get_event(request: web.Request) -> StoredEvent:
         raise not_found(f"Event {event_id}")
     ids = await ledger.delivery_ids_page(keys.event_deliveries(event_id), None, 10_000, False)
     deliveries = [Delivery.from_record(r) for r in await ledger.deliveries(ids)]
-    return StoredEvent(
+    event = StoredEvent(
         id=event_id,
         type=row["event"],
         payload_type=row.get("payload_type") or None,
@@ -55,11 +65,6 @@ async def get_event(request: web.Request) -> StoredEvent:
         company_id=row.get("company_id") or None,
         webhook_id=row.get("webhook_id") or None,
         received_at=datetime.fromtimestamp(int(row["received_at"]) / 1000, tz=UTC),
-        payload=_parse(row["body"]),
         deliveries=deliveries,
     )
-
-
-def _parse(body: bytes) -> Any:
-    # The stdlib, not orjson: orjson turns integers beyond 64 bits into floats, silently.
-    return json.loads(body)
+    return event.render_with(row["body"])

@@ -10,12 +10,12 @@ import secrets
 import sys
 from typing import Any
 
-from aiohttp import web
 from pydantic import SecretStr
 
 from router.app import create_app
 from router.connections import open_redis
 from router.logs import configure_logging
+from router.server import serve_until_stopped
 from router.settings import Settings, load_settings
 from router.verification import build_verifier
 from subscriptions.catalog import load_catalog
@@ -108,18 +108,20 @@ def serve_command(args: argparse.Namespace) -> int:
     if settings.verify == "off":
         log.warning("ROUTER_VERIFY=off: ingest is unauthenticated; anyone can post events")
     _use_uvloop()
-    app = create_app(settings, run_workers=not args.no_workers)
-    _tune_gc()
-    log.info("listening on http://%s:%d", settings.host, settings.port)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=settings.delivery_timeout + 5,
-        keepalive_timeout=settings.client_timeout,
-    )
+
+    async def main() -> None:
+        app = create_app(settings, run_workers=not args.no_workers)
+        _tune_gc()
+        log.info("listening on http://%s:%d", settings.host, settings.port)
+        await serve_until_stopped(
+            app,
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout=settings.delivery_timeout + 5,
+            keepalive_timeout=settings.client_timeout,
+        )
+
+    asyncio.run(main())
     return 0
 
 
