@@ -1,4 +1,4 @@
-"""Every setting of the service, read from the environment (DESIGN.md, "Settings").
+"""Every setting of the service, read from the environment (README.md, "Settings").
 
 `load_settings()` is the one entry point: it turns a bad value into a `SettingsError` whose
 message is one line naming the variable, so the CLI can stop with that line and no traceback.
@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         default=None, description="json or text; unset: text on a terminal, else json."
     )
 
-    # Beyond DESIGN.md's table: tuning knobs with safe defaults.
+    # Tuning knobs with safe defaults.
     key_prefix: str = Field(
         default="wr",
         pattern=r"^[A-Za-z0-9_.:-]{1,64}$",

@@ -19,15 +19,13 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from subscriptions.catalog_parser import CatalogError, parse_markdown
+
 CATALOG_SETTING = "ROUTER_CATALOG"
 OVERLAY_SETTING = "ROUTER_CATALOG_OVERLAY"
 ACCESS_TYPES = ("Sub-Account", "Company")
 
 _ENDPOINT = re.compile(r"([A-Z]+) (/\S*)")
-
-
-class CatalogError(Exception):
-    """The catalog or its overlay cannot be used; the message is one human line."""
 
 
 class ScopeEntry(BaseModel):
@@ -297,9 +295,6 @@ def _catalog_from_text(text: str, version: str, setting: str, source: str) -> Ca
     if text.lstrip().startswith("{"):
         raw = _parse_json(text, setting, source)
     else:
-        # Imported here: catalog_parser imports CatalogError from this module.
-        from subscriptions.catalog_parser import parse_markdown
-
         try:
             raw = parse_markdown(text, version=version)
         except CatalogError as exc:

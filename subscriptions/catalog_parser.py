@@ -22,7 +22,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from subscriptions.catalog import CatalogError
+
+class CatalogError(Exception):
+    """The catalog or its overlay cannot be used; the message is one human line."""
+
 
 SUB_ACCOUNT = "Sub-Account"
 COMPANY = "Company"

@@ -1,7 +1,7 @@
 """Why a subscriber would, or would not, receive an event: the routing rule, spelled out.
 
 An operator asks this when a receiver says it never got an event. The verdict is computed
-by the same rule the router applies (`subscriptions.models.entitlement_refusals`), so it
+by the same rule the router applies (`subscriptions.routing`), so it
 cannot disagree with what the router does.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from subscriptions.catalog import Catalog
-from subscriptions.models import Subscriber, entitlement_refusal, entitlement_refusals
+from subscriptions.models import Subscriber
+from subscriptions.routing import entitlement_refusal, entitlement_refusals
 
 
 class Verdict(BaseModel):

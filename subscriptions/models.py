@@ -1,8 +1,5 @@
-"""The subscriber and its grants, and the routing rule that decides who is entitled to an event.
-
-`entitlement_refusal` is DESIGN.md's routing rule as one pure function; the store applies it
-when fanning out and the delivery worker applies it again just before every attempt.
-"""
+"""The subscriber: its grants (scopes), its restrictions, its signing secrets and status.
+Who is entitled to what is `subscriptions.routing`'s."""
 
 from __future__ import annotations
 
@@ -11,8 +8,6 @@ import secrets
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from subscriptions.catalog import Catalog
 
 
 class SubscriberStatus(StrEnum):
@@ -64,56 +59,3 @@ class Subscriber(BaseModel):
     def signing_secrets(self, now_ms: int) -> list[str]:
         """Secrets that sign a delivery now: the current one and any still in their grace."""
         return [s.secret for s in self.secrets if s.expires_at is None or s.expires_at > now_ms]
-
-
-def entitlement_refusals(
-    subscriber: Subscriber,
-    event: str,
-    location_id: str | None,
-    company_id: str | None,
-    catalog: Catalog,
-) -> list[str]:
-    """Every reason `subscriber` may not receive `event` of this tenant; empty if it may.
-
-    The reasons follow the rule's order: the event has a scope in the catalog; the subscriber
-    is active and holds that exact scope; its event filter (if any) names the event; its tenant
-    binding (if any) contains the location or equals the company.
-    """
-    reasons: list[str] = []
-    required = catalog.required_scope(event)
-    if required is None:
-        reasons.append(f"event {event} has no scope in the catalog")
-    if subscriber.status is not SubscriberStatus.active:
-        reasons.append(f"subscriber is {subscriber.status.value}")
-    if required is not None and required not in subscriber.scopes:
-        reasons.append(f"missing scope {required}")
-    if subscriber.events is not None and event not in subscriber.events:
-        reasons.append(f"event filter does not include {event}")
-    if not _tenant_matches(subscriber, location_id, company_id):
-        reasons.append("event belongs to another tenant")
-    return reasons
-
-
-def _tenant_matches(
-    subscriber: Subscriber, location_id: str | None, company_id: str | None
-) -> bool:
-    if subscriber.location_ids is None and subscriber.company_id is None:
-        return True
-    if location_id is not None and location_id in (subscriber.location_ids or ()):
-        return True
-    return company_id is not None and company_id == subscriber.company_id
-
-
-def entitlement_refusal(
-    subscriber: Subscriber,
-    event: str,
-    location_id: str | None,
-    company_id: str | None,
-    catalog: Catalog,
-) -> str | None:
-    """Why `subscriber` may not receive `event` of this tenant, or None if it may.
-
-    The first of `entitlement_refusals`, so a refusal and an explanation never disagree.
-    """
-    reasons = entitlement_refusals(subscriber, event, location_id, company_id, catalog)
-    return reasons[0] if reasons else None

@@ -19,14 +19,14 @@ from subscriptions.catalog import Catalog
 from subscriptions.explain import Verdict
 from subscriptions.explain import explain as explain_verdict
 from subscriptions.ids import new_id, now_ms
-from subscriptions.keys import Keys
+from subscriptions.keys import SubscriberKeys
 from subscriptions.models import (
     SigningSecret,
     Subscriber,
     SubscriberStatus,
-    entitlement_refusal,
     generate_secret,
 )
+from subscriptions.routing import entitlement_refusal
 
 # KEYS: subscribers hash, ids zset, version counter, then the scope sets to leave, then the
 # scope sets to join. ARGV: id, new JSON ("" deletes), expected version ("" = any),
@@ -100,11 +100,15 @@ def _live_secrets(secrets: Sequence[SigningSecret], now: int) -> list[SigningSec
 class SubscriberStore:
     """Reads and writes subscribers; the only code that touches their keys."""
 
-    def __init__(self, redis: Redis, keys: Keys, catalog: Catalog) -> None:
+    def __init__(self, redis: Redis, keys: SubscriberKeys, catalog: Catalog) -> None:
         self.redis = redis
         self.keys = keys
         self.catalog = catalog
         self._write_script = redis.register_script(_WRITE_SUBSCRIBER)
+
+    async def version(self) -> bytes | None:
+        """A value that changes with every subscriber write (None before the first)."""
+        return await self.redis.get(self.keys.subscribers_version)
 
     async def get(self, subscriber_id: str) -> Subscriber | None:
         raw = await self.redis.hget(self.keys.subscribers, subscriber_id)
@@ -420,7 +424,8 @@ class SubscriberStore:
     async def entitled_subscribers(
         self, event: str, location_id: str | None, company_id: str | None
     ) -> list[Subscriber]:
-        """The subscribers DESIGN.md's routing rule entitles to this event, in id order.
+        """The subscribers the routing rule (`subscriptions.routing`) entitles to this event,
+        in id order.
 
         Reads only the holders of the event's scope: an unknown event costs no Redis call,
         and non-holders are never read.

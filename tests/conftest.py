@@ -18,9 +18,13 @@ from aiohttp.test_utils import TestClient
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from router.app import create_app
+from router.http.app import create_app
 from router.settings import Settings
-from subscriptions.keys import Keys
+from router.storage.client import CommandRunner
+from router.storage.history import History
+from router.storage.keys import RouterKeys
+from router.storage.ledger import Ledger
+from subscriptions.keys import SubscriberKeys, key_pattern
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 REAL_REDIS_URL = os.environ.get("REDIS_URL")
@@ -46,7 +50,7 @@ def _sweep_real_redis() -> Iterator[None]:
     client = SyncRedis.from_url(REAL_REDIS_URL)
     try:
         for prefix in _USED_PREFIXES:
-            keys = list(client.scan_iter(match=Keys(prefix).pattern(), count=1000))
+            keys = list(client.scan_iter(match=key_pattern(prefix), count=1000))
             if keys:
                 client.delete(*keys)
     finally:
@@ -66,9 +70,25 @@ async def redis(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterato
     try:
         yield client
     finally:
-        async for key in client.scan_iter(match=Keys(key_prefix).pattern(), count=1000):
+        async for key in client.scan_iter(match=key_pattern(key_prefix), count=1000):
             await client.delete(key)
         await client.aclose()
+
+
+def make_ledger(redis: Redis, key_prefix: str, *, max_backlog: int = 100) -> Ledger:
+    """A ledger on `redis` under `key_prefix`, with a short retention and dedupe window."""
+    return Ledger(
+        CommandRunner(redis),
+        RouterKeys(key_prefix),
+        SubscriberKeys(key_prefix),
+        retention=60,
+        dedupe_window=60,
+        max_backlog=max_backlog,
+    )
+
+
+def make_history(redis: Redis, key_prefix: str) -> History:
+    return History(CommandRunner(redis), RouterKeys(key_prefix))
 
 
 def make_settings(key_prefix: str, **overrides: object) -> Settings:

@@ -11,9 +11,10 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from router.context import KEYRING
+from router.http.context import KEYRING
+from router.storage.keys import RouterKeys
 from subscriptions.ids import parse_rfc3339
-from subscriptions.keys import Keys
+from subscriptions.keys import key_pattern
 
 SUBSCRIBER = {"name": "app", "url": "https://example.com/hook", "scopes": ["contacts.readonly"]}
 READ_SCOPES = ("read_subscribers", "read_deliveries", "read_events", "read_catalog")
@@ -110,7 +111,7 @@ async def test_token_is_stored_only_as_its_hash(
     token = (await create_key(client, admin_headers, "read_subscribers"))["token"]
     needle = token.encode()
     stored: list[bytes] = []
-    async for key in redis.scan_iter(match=Keys(key_prefix).pattern()):
+    async for key in redis.scan_iter(match=key_pattern(key_prefix)):
         stored.append(key)
         kind = (await redis.type(key)).decode()
         if kind == "string":
@@ -128,7 +129,7 @@ async def test_token_is_stored_only_as_its_hash(
             pytest.fail(f"unexpected {kind} key {key!r}")
     assert stored, "the key was stored somewhere"
     assert not [item for item in stored if needle in item]
-    assert Keys(key_prefix).token(hashlib.sha256(needle).hexdigest()).encode() in stored
+    assert RouterKeys(key_prefix).token(hashlib.sha256(needle).hexdigest()).encode() in stored
 
 
 # --- validation ---
@@ -359,10 +360,10 @@ async def test_concurrent_changes_leave_exactly_one_live_token(
     assert final is not None
     assert final.scopes == ["read_catalog"]
     assert final.token_hash == hashlib.sha256(live[0].encode()).hexdigest()
-    token_prefix = Keys(key_prefix).token("").encode()
-    stored = [k async for k in redis.scan_iter(match=Keys(key_prefix).pattern())]
+    token_prefix = RouterKeys(key_prefix).token("").encode()
+    stored = [k async for k in redis.scan_iter(match=key_pattern(key_prefix))]
     token_keys = [k for k in stored if k.startswith(token_prefix)]
-    assert token_keys == [Keys(key_prefix).token(final.token_hash).encode()]
+    assert token_keys == [RouterKeys(key_prefix).token(final.token_hash).encode()]
 
 
 async def test_keyring_refuses_unknown_scopes(app: web.Application) -> None:

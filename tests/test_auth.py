@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from router.api import RESOURCES
-from router.auth import OPERATOR_SCOPES
-from router.context import KEYRING
-from router.openapi import build_openapi
+from router.http.auth import OPERATOR_SCOPES
+from router.http.context import KEYRING
+from router.http.openapi import build_openapi
+from router.http.routes import RESOURCES
 
 SEED_403 = (
     b'{"errors":[{"message":"Insufficient scopes for this operation",'

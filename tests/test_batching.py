@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from router.batching import MicroBatcher
+from router.storage.batching import MicroBatcher
 
 
 class Recorder:

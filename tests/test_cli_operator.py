@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from router.commands import api_keys, subscribers
-from router.context import KEYRING
+from router.http.context import KEYRING
 from tests.conftest import ADMIN_TOKEN
 
 HOOK = "http://127.0.0.1:9/hook"  # never called: nothing is delivered in these tests

@@ -1,5 +1,5 @@
-"""End to end in one process: events posted to /webhooks reach real receivers (DESIGN.md,
-"Routing rule" and "Delivery").
+"""End to end in one process: events posted to /webhooks reach real receivers (docs/architecture.md,
+"The routing rule" and "The delivery state machine").
 
 The app runs its dispatcher, worker and retry scheduler (`run_workers=True`); subscribers are
 registered through the operator API and point at a `Receiver`; every wait polls against a
@@ -18,9 +18,10 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from router.app import create_app
-from router.delivery import WaitingWork
-from router.ledger import Ledger, WorkItem
+from router.core.records import WorkItem
+from router.http.app import create_app
+from router.pipeline.delivery import WaitingWork
+from router.storage.ledger import Ledger
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.payloads import (
     COMPANY_ID,
@@ -42,7 +43,7 @@ FAST: dict[str, Any] = {
     "delivery_timeout": 2,
 }
 
-# The scope each catalog event needs (DESIGN.md: exact; a `.write` scope unlocks no
+# The scope each catalog event needs (docs/architecture.md: exact; a `.write` scope unlocks no
 # `.readonly` event). Stated here, not read from the catalog, so the test checks it.
 REQUIRED_SCOPE = {
     "CampaignStatusUpdate": "campaigns.readonly",

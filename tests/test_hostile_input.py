@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDictProxy
 
-from router.context import SETTINGS
+from router.http.context import SETTINGS
 
 ANSWER_WITHIN = 10.0  # seconds: a request that takes longer counts as a hang
 

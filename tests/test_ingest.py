@@ -1,4 +1,4 @@
-"""POST /webhooks: what the platform is answered, and what the router keeps (DESIGN.md, Ingest).
+"""POST /webhooks: what the platform is answered, and what the router keeps (README.md).
 
 202 means durably stored (accepted, duplicate or unroutable); every refusal is in the error
 envelope; and when the event cannot be made durable the answer is 429 with Retry-After,
@@ -17,9 +17,9 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from router.app import create_app
-from router.context import LEDGER
-from router.ledger import Ledger
+from router.http.app import create_app
+from router.http.context import HISTORY, LEDGER
+from router.storage.ledger import Ledger
 from tests.conftest import make_settings
 from tests.payloads import (
     APP_INSTALL,
@@ -117,7 +117,7 @@ async def test_raw_body_is_stored_byte_for_byte(
     )
     status, body, _ = await post(client, raw)
     assert (status, body["status"]) == (202, "accepted")
-    stored = await app[LEDGER].event(body["event_id"])
+    stored = await app[HISTORY].event(body["event_id"])
     assert stored is not None
     assert stored["body"] == raw
     event = await stored_event(client, admin_headers, body["event_id"])

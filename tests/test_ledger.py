@@ -10,17 +10,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from router.ledger import (
-    EMPTY_READ_POLL_SECONDS,
-    DeliveryStatus,
-    EventStatus,
-    IncomingEvent,
-    Ledger,
-    Overloaded,
-    WorkItem,
-)
+from router.core.outcome import Outcome
+from router.core.records import DeliveryStatus, EventStatus, IncomingEvent, WorkItem
+from router.storage.ledger import Ledger, Overloaded
+from router.storage.streams import EMPTY_READ_POLL_SECONDS
 from subscriptions.ids import new_id, now_ms
-from subscriptions.keys import Keys
+from subscriptions.keys import SubscriberKeys
+from tests.conftest import make_history, make_ledger
 
 
 def event() -> IncomingEvent:
@@ -41,7 +37,7 @@ def event() -> IncomingEvent:
 async def test_accept_after_redis_forgot_the_scripts_still_stores_the_event(
     redis: Redis, key_prefix: str
 ) -> None:
-    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    ledger = make_ledger(redis, key_prefix, max_backlog=100)
     first = event()
     assert await ledger.accept(first) == (EventStatus.accepted, first.event_id)
 
@@ -55,7 +51,7 @@ async def test_accept_after_redis_forgot_the_scripts_still_stores_the_event(
 async def test_concurrent_accepts_share_a_call_but_keep_their_own_outcomes(
     redis: Redis, key_prefix: str
 ) -> None:
-    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    ledger = make_ledger(redis, key_prefix, max_backlog=100)
     original = replace(event(), webhook_id="wh-1")
     again = replace(event(), webhook_id="wh-1")  # the platform's retry, in the same batch
     unroutable = replace(event(), routable=False)
@@ -79,7 +75,7 @@ async def test_concurrent_accepts_share_a_call_but_keep_their_own_outcomes(
 async def test_a_full_backlog_refuses_only_the_events_past_it(
     redis: Redis, key_prefix: str
 ) -> None:
-    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=2)
+    ledger = make_ledger(redis, key_prefix, max_backlog=2)
     events = [event() for _ in range(4)]
 
     results = await asyncio.gather(*(ledger.accept(e) for e in events), return_exceptions=True)
@@ -106,7 +102,7 @@ async def test_an_empty_read_waits_instead_of_answering_at_once(
 ) -> None:
     # The embedded store does not block XREADGROUP; without the wait, an idle worker's read
     # loop spun a whole core.
-    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    ledger = make_ledger(redis, key_prefix, max_backlog=100)
     await ledger.ensure_groups()
     loop = asyncio.get_running_loop()
 
@@ -120,9 +116,11 @@ async def test_an_empty_read_waits_instead_of_answering_at_once(
 async def test_concurrent_attempts_read_their_contexts_in_one_call(
     redis: Redis, key_prefix: str
 ) -> None:
-    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    ledger = make_ledger(redis, key_prefix, max_backlog=100)
     items = await _queue_deliveries(ledger, ["sub_a", "sub_b", "sub_gone"])
-    await redis.hset(ledger.keys.subscribers, mapping={"sub_a": b'{"a":1}', "sub_b": b'{"b":2}'})
+    await redis.hset(
+        SubscriberKeys(key_prefix).subscribers, mapping={"sub_a": b'{"a":1}', "sub_b": b'{"b":2}'}
+    )
     await redis.hset(ledger.keys.breaker("sub_b"), mapping={"failures": 3, "open_until": 9})
 
     contexts = await asyncio.gather(*(ledger.attempt_context(item) for item in items))
@@ -144,38 +142,42 @@ async def test_concurrent_attempts_read_their_contexts_in_one_call(
 
 
 async def test_concurrent_outcomes_are_recorded_each_in_full(redis: Redis, key_prefix: str) -> None:
-    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    ledger = make_ledger(redis, key_prefix, max_backlog=100)
     ok, retry, dead = await _queue_deliveries(ledger, ["sub_a", "sub_b", "sub_c"])
 
     await asyncio.gather(
-        ledger.finish(ok, status=DeliveryStatus.succeeded, attempt={"n": 1}, breaker=True),
+        ledger.finish(ok, Outcome(DeliveryStatus.succeeded, attempt={"n": 1}, breaker=True)),
         ledger.finish(
             retry,
-            status=DeliveryStatus.failed,
-            attempt={"n": 1},
-            fields={"schedule_index": 1},
-            retry_at=12345,
-            breaker=False,
+            Outcome(
+                DeliveryStatus.failed,
+                {"schedule_index": 1},
+                attempt={"n": 1},
+                retry_at=12345,
+                breaker=False,
+            ),
             breaker_threshold=1,
             probe_interval_ms=1000,
         ),
-        ledger.finish(dead, status=DeliveryStatus.dead, fields={"reason": "gave up"}),
+        ledger.finish(dead, Outcome(DeliveryStatus.dead, {"reason": "gave up"})),
     )
 
     k = ledger.keys
-    assert (await ledger.delivery(ok.delivery_id))["status"] == "succeeded"
-    assert await ledger.attempts(ok.delivery_id) == [{"n": 1}]
-    assert (await ledger.delivery(retry.delivery_id))["schedule_index"] == "1"
+    assert (await make_history(redis, key_prefix).delivery(ok.delivery_id))["status"] == "succeeded"
+    assert await make_history(redis, key_prefix).attempts(ok.delivery_id) == [{"n": 1}]
+    assert (await make_history(redis, key_prefix).delivery(retry.delivery_id))[
+        "schedule_index"
+    ] == "1"
     assert await redis.zscore(k.retry_schedule, retry.member) == 12345
     assert await redis.sismember(k.open_breakers, "sub_b")
-    assert (await ledger.delivery(dead.delivery_id))["reason"] == "gave up"
-    assert await ledger.attempts(dead.delivery_id) == []
+    assert (await make_history(redis, key_prefix).delivery(dead.delivery_id))["reason"] == "gave up"
+    assert await make_history(redis, key_prefix).attempts(dead.delivery_id) == []
     assert await redis.zrange(k.dead, 0, -1) == [dead.delivery_id.encode()]
     assert await redis.xlen(k.ready_stream) == 0  # all three acknowledged and deleted
 
 
 async def test_an_events_failed_write_fails_only_that_event(redis: Redis, key_prefix: str) -> None:
-    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    ledger = make_ledger(redis, key_prefix, max_backlog=100)
     good, bad = event(), event()
     await redis.set(ledger.keys.event(bad.event_id), b"not a hash")  # HSET will fail
 
@@ -187,23 +189,23 @@ async def test_an_events_failed_write_fails_only_that_event(redis: Redis, key_pr
 
 
 async def test_a_failed_outcome_fails_only_its_own_caller(redis: Redis, key_prefix: str) -> None:
-    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    ledger = make_ledger(redis, key_prefix, max_backlog=100)
     ok, broken = await _queue_deliveries(ledger, ["sub_a", "sub_b"])
     await redis.set(ledger.keys.delivery(broken.delivery_id), b"not a hash")
 
     results = await asyncio.gather(
-        ledger.finish(ok, status=DeliveryStatus.succeeded, breaker=True),
-        ledger.finish(broken, status=DeliveryStatus.succeeded, breaker=True),
+        ledger.finish(ok, Outcome(DeliveryStatus.succeeded, breaker=True)),
+        ledger.finish(broken, Outcome(DeliveryStatus.succeeded, breaker=True)),
         return_exceptions=True,
     )
 
     assert results[0] is None
     assert isinstance(results[1], ResponseError)
-    assert (await ledger.delivery(ok.delivery_id))["status"] == "succeeded"
+    assert (await make_history(redis, key_prefix).delivery(ok.delivery_id))["status"] == "succeeded"
 
 
 async def test_a_malformed_record_fails_only_its_own_context(redis: Redis, key_prefix: str) -> None:
-    ledger = Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=100)
+    ledger = make_ledger(redis, key_prefix, max_backlog=100)
     good, broken = await _queue_deliveries(ledger, ["sub_a", "sub_b"])
     await redis.hset(ledger.keys.delivery(broken.delivery_id), "status", b"\xff\xfe")
 

@@ -8,24 +8,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
-from redis.asyncio import Redis
 
-from router import openapi
-from router.api import RESOURCES
-from router.app import create_app
-from router.openapi import build_openapi
-from router.operations import Resource
-from router.settings import Settings
-
-
-@pytest.fixture
-def app(settings: Settings, redis: Redis, monkeypatch: pytest.MonkeyPatch) -> web.Application:
-    # Until router.api lists the meta resource, list it here the way the app will.
-    if openapi.resource not in RESOURCES:
-        resources = (*RESOURCES, openapi.resource)
-        monkeypatch.setattr("router.api.RESOURCES", resources)
-        monkeypatch.setattr("router.app.RESOURCES", resources)
-    return create_app(settings, redis=redis)
+from router.http.openapi import build_openapi
+from router.http.operations import Resource
 
 
 @pytest.fixture

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from router.ledger import Ledger
-from subscriptions.keys import Keys
-
-
-def make_ledger(redis: Redis, key_prefix: str) -> Ledger:
-    return Ledger(redis, Keys(key_prefix), retention=60, dedupe_window=60, max_backlog=1000)
+from router.storage.ledger import Ledger
+from tests.conftest import make_ledger
 
 
 async def queue_ready(ledger: Ledger, n: int) -> None:
@@ -34,7 +30,7 @@ async def test_entries_of_a_consumer_without_heartbeat_are_claimed_at_once(
 async def test_entries_of_a_live_consumer_are_left_alone(redis: Redis, key_prefix: str) -> None:
     ledger = make_ledger(redis, key_prefix)
     await queue_ready(ledger, 2)
-    await ledger.beat("busy", 10_000)
+    await ledger.heartbeats.beat("busy", 10_000)
     await ledger.read_ready("busy", 10, 0)
 
     claimed = await ledger.claim_stale_ready("other", min_idle_ms=3_600_000)
@@ -47,9 +43,9 @@ async def test_a_consumer_that_says_it_is_gone_hands_its_work_over(
 ) -> None:
     ledger = make_ledger(redis, key_prefix)
     await queue_ready(ledger, 1)
-    await ledger.beat("draining", 10_000)
+    await ledger.heartbeats.beat("draining", 10_000)
     await ledger.read_ready("draining", 10, 0)
-    await ledger.forget("draining")
+    await ledger.heartbeats.forget("draining")
 
     claimed = await ledger.claim_stale_ready("other", min_idle_ms=3_600_000)
 

@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from router.retry import RetryPolicy, parse_retry_after
+from router.core.retry import RetryPolicy, parse_retry_after
 
 SCHEDULE = (5.0, 30.0, 120.0)
 

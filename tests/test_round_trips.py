@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from router.connections import RoundTrips, open_redis
+from router.storage.client import RoundTrips, open_redis
 from tests.conftest import REAL_REDIS_URL, make_settings
 
 

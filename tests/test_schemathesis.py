@@ -25,8 +25,8 @@ import requests
 from aiohttp import web
 from redis.asyncio import Redis
 
-from router.app import create_app
-from subscriptions.keys import Keys
+from router.http.app import create_app
+from subscriptions.keys import key_pattern
 from tests.conftest import ADMIN_TOKEN, REAL_REDIS_URL, make_settings
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -94,7 +94,7 @@ class ServedApp:
         assert self._runner is not None and self._redis is not None
         await self._runner.cleanup()
         if REAL_REDIS_URL:
-            async for key in self._redis.scan_iter(match=Keys(self.key_prefix).pattern()):
+            async for key in self._redis.scan_iter(match=key_pattern(self.key_prefix)):
                 await self._redis.delete(key)
         await self._redis.aclose()
 

@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from redis.asyncio import Redis
 
-import router.verification
-from router.app import create_app
-from router.context import SETTINGS
+import router.http.verification
+from router.http.app import create_app
+from router.http.context import SETTINGS
 from router.ssrf import GuardedResolver, TargetRefused, address_refusal, url_refusal
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.payloads import encode, platform_event
@@ -524,8 +524,8 @@ async def test_signed_request_replayed_after_the_window_is_refused_and_not_redel
         assert (await client.post("/webhooks", data=body, headers=headers)).status == 202
         await receiver.wait_for("/hook", 1)
         await asyncio.sleep(1.1)  # the dedupe entry has expired
-        later = router.verification.now_ms() + (settings.timestamp_tolerance + 60) * 1000
-        monkeypatch.setattr(router.verification, "now_ms", lambda: later)
+        later = router.http.verification.now_ms() + (settings.timestamp_tolerance + 60) * 1000
+        monkeypatch.setattr(router.http.verification, "now_ms", lambda: later)
         replay = await client.post("/webhooks", data=body, headers=headers)
         assert replay.status == 401
         await asyncio.sleep(0.5)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from router.app import create_app
 from router.commands.serve import with_admin_token
+from router.http.app import create_app
 from tests.conftest import make_settings
 
 

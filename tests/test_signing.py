@@ -9,7 +9,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from router.signing import delivery_headers, signature_header
+from router.core.signing import delivery_headers, signature_header
 from subscriptions.ids import now_ms
 from subscriptions.models import generate_secret
 

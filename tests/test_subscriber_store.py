@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from subscriptions import store as store_module
 from subscriptions.catalog import Catalog, load_catalog
 from subscriptions.ids import new_id, now_ms
-from subscriptions.keys import Keys
+from subscriptions.keys import SubscriberKeys
 from subscriptions.models import SigningSecret, Subscriber, SubscriberStatus
 from subscriptions.store import StaleVersion, SubscriberStore
 
@@ -27,7 +27,7 @@ def catalog() -> Catalog:
 
 @pytest.fixture
 def store(redis: Redis, key_prefix: str, catalog: Catalog) -> SubscriberStore:
-    return SubscriberStore(redis, Keys(key_prefix), catalog)
+    return SubscriberStore(redis, SubscriberKeys(key_prefix), catalog)
 
 
 async def make(store: SubscriberStore, **fields: Any) -> Subscriber:

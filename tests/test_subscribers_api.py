@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from router.context import SUBSCRIBERS
+from router.http.context import SUBSCRIBERS
 from router.settings import Settings
 from subscriptions.ids import now_ms, parse_rfc3339
 from subscriptions.models import SubscriberStatus

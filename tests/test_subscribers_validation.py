@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from router.app import create_app
+from router.http.app import create_app
 from tests.conftest import make_settings
 
 URL = "https://example.com/hook"

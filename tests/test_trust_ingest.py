@@ -29,11 +29,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from redis.asyncio import Redis
 
-from router.app import create_app
+from router.http.app import create_app
+from router.http.server import RouterRunner
+from router.http.verification import HighLevelVerifier, Refusal, RefusalMonitor, build_verifier
 from router.logs import safe_traceback
-from router.server import RouterRunner
 from router.settings import SettingsError, load_settings
-from router.verification import HighLevelVerifier, Refusal, RefusalMonitor, build_verifier
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.payloads import encode, platform_event
 from tests.test_verification import (

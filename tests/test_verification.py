@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
-from router.app import create_app
+from router.http.app import create_app
 from subscriptions.models import generate_secret
 from tests.conftest import make_settings
 from tests.payloads import encode, iso_now, platform_event

@@ -6,7 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from router.auth import OPERATOR_SCOPES
 from router.commands.subscribers import (
     add_page_options,
     connection_options,
@@ -16,6 +15,7 @@ from router.commands.subscribers import (
     record,
     run_request,
 )
+from router.http.auth import OPERATOR_SCOPES
 
 API_KEY_COLUMNS = (
     ("ID", "id"),

@@ -12,12 +12,13 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from router.app import create_app
-from router.connections import open_redis
+from router.http.app import create_app
+from router.http.server import serve_until_stopped
+from router.http.verification import build_verifier
 from router.logs import configure_logging
-from router.server import serve_until_stopped
+from router.pipeline.workers import run_until_signalled
+from router.services import build_services
 from router.settings import Settings, load_settings
-from router.verification import build_verifier
 from subscriptions.catalog import load_catalog
 
 log = logging.getLogger("router")
@@ -126,12 +127,6 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    from router.ledger import Ledger
-    from router.metrics import Metrics
-    from router.workers import WorkerGroup, run_forever
-    from subscriptions.keys import Keys
-    from subscriptions.store import SubscriberStore
-
     settings = _prepare({})
     if settings.embedded:
         print(
@@ -142,27 +137,13 @@ def worker_command(args: argparse.Namespace) -> int:
     _use_uvloop()
 
     async def main() -> None:
-        redis = open_redis(settings)
-        keys = Keys(settings.key_prefix)
-        catalog = load_catalog(settings.catalog_path, settings.catalog_overlay)
-        group = WorkerGroup(
-            settings=settings,
-            catalog=catalog,
-            store=SubscriberStore(redis, keys, catalog),
-            ledger=Ledger(
-                redis,
-                keys,
-                retention=settings.retention,
-                dedupe_window=settings.dedupe_window,
-                max_backlog=settings.max_backlog,
-            ),
-            metrics=Metrics(),
-        )
+        services = build_services(settings)
+        group = services.worker_group()
         _tune_gc()
         try:
-            await run_forever(group)
+            await run_until_signalled(group)
         finally:
-            await redis.aclose()
+            await services.close()
 
     log.info("worker started")
     asyncio.run(main())

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from subscriptions.keys import Keys
+from subscriptions.keys import key_pattern
 
 from .harness import Cluster, RedisServer
 
@@ -47,7 +47,7 @@ async def cluster(redis_url: str, tmp_path: Path) -> AsyncIterator[Callable[...,
         if c.redis_url == redis_url:
             client = Redis.from_url(redis_url)
             try:
-                for key in client.scan_iter(match=Keys(c.prefix).pattern(), count=1000):
+                for key in client.scan_iter(match=key_pattern(c.prefix), count=1000):
                     client.delete(key)
             finally:
                 client.close()

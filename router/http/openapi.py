@@ -1,0 +1,171 @@
+"""The OpenAPI 3.1 document of the HTTP surface, generated from the declared operations.
+
+Nothing here is written by hand: paths, parameters, bodies and responses come from each
+`Operation` (router/operations.py), schemas from its pydantic models, and every error
+response from `ErrorEnvelope` (router/errors.py). A route that is served is documented,
+because both come from the same `RESOURCES`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from router.http.errors import ErrorEnvelope
+from router.http.operations import Operation, Resource
+
+OPENAPI_VERSION = "3.1.0"
+TITLE = "webhook-router"
+API_VERSION = "0.1.0"
+REF_TEMPLATE = "#/components/schemas/{model}"
+SECURITY_SCHEME = "bearerAuth"
+
+# aiohttp path variables, optionally with a regex: `{id}`, `{name:[a-z]+}`.
+_PATH_PARAM = re.compile(r"\{([^{}:]+)(?::[^{}]*)?\}")
+
+JsonMode = Literal["validation", "serialization"]
+
+
+def build_openapi(resources: Iterable[Resource]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for every operation of `resources`.
+
+    Raises ValueError if two handlers share a name (operationIds must be unique).
+    """
+    resource_list = list(resources)
+    operations = [op for r in resource_list for op in r.operations]
+    refs, schemas = _schemas(operations)
+    paths: dict[str, dict[str, Any]] = {}
+    seen_ids: set[str] = set()
+    for op in operations:
+        document_op = _operation(op, refs, schemas)
+        if document_op["operationId"] in seen_ids:
+            raise ValueError(f"two operations are named {document_op['operationId']!r}")
+        seen_ids.add(document_op["operationId"])
+        paths.setdefault(_PATH_PARAM.sub(r"{\1}", op.path), {})[op.method.lower()] = document_op
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": TITLE,
+            "version": API_VERSION,
+            "description": "Scope-aware webhook router: accepts platform events and delivers "
+            "each only to the subscribers entitled to it. Operator routes need a bearer token "
+            "holding the operation's scope (`x-required-scope`).",
+        },
+        "tags": [{"name": tag} for tag in dict.fromkeys(r.tag for r in resource_list)],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {SECURITY_SCHEME: {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _schemas(
+    operations: list[Operation],
+) -> tuple[dict[tuple[type[BaseModel], JsonMode], dict[str, Any]], dict[str, Any]]:
+    """Each (model, mode)'s reference, and every schema for `components.schemas`."""
+    wanted: dict[tuple[type[BaseModel], JsonMode], None] = {(ErrorEnvelope, "serialization"): None}
+    for op in operations:
+        for model, mode in (
+            (op.query, "validation"),
+            (op.body or op.documented_body, "validation"),
+            (op.response, "serialization"),
+        ):
+            if model is not None:
+                wanted[(model, mode)] = None
+    refs, top = models_json_schema(list(wanted), ref_template=REF_TEMPLATE)
+    return refs, top.get("$defs", {})
+
+
+def _component(ref: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    return schemas[ref["$ref"].removeprefix(REF_TEMPLATE.format(model=""))]
+
+
+def _operation(
+    op: Operation,
+    refs: dict[tuple[type[BaseModel], JsonMode], dict[str, Any]],
+    schemas: dict[str, Any],
+) -> dict[str, Any]:
+    name = op.handler.__name__
+    description = inspect.getdoc(op.handler) or op.summary
+    document: dict[str, Any] = {
+        "operationId": name,
+        "summary": op.summary,
+        "tags": [op.tag],
+    }
+    parameters = [
+        # Ids are short; the bound keeps a conforming URL within aiohttp's request line.
+        {
+            "name": param,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+        }
+        for param in _PATH_PARAM.findall(op.path)
+    ]
+    if op.query is not None:
+        query_schema = _component(refs[(op.query, "validation")], schemas)
+        required = set(query_schema.get("required", ()))
+        for field, schema in query_schema.get("properties", {}).items():
+            parameter: dict[str, Any] = {
+                "name": field,
+                "in": "query",
+                "required": field in required,
+                "schema": schema,
+            }
+            if "description" in schema:
+                parameter["description"] = schema["description"]
+            parameters.append(parameter)
+    if parameters:
+        document["parameters"] = parameters
+    body = op.body or op.documented_body
+    if body is not None:
+        document["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(body, "validation")]}},
+        }
+    document["responses"] = _responses(op, refs)
+    if op.scope is not None:
+        document["security"] = [{SECURITY_SCHEME: []}]
+        document["x-required-scope"] = op.scope
+        description += f"\n\nRequires operator scope `{op.scope}`."
+    else:
+        # Public, or authenticated by the platform's signatures rather than a bearer token.
+        document["security"] = []
+    document["description"] = description
+    return document
+
+
+def _responses(
+    op: Operation, refs: dict[tuple[type[BaseModel], JsonMode], dict[str, Any]]
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    if op.response is not None:
+        responses[str(op.status)] = {
+            "description": HTTPStatus(op.status).phrase,
+            "content": {"application/json": {"schema": refs[(op.response, "serialization")]}},
+        }
+    else:
+        responses[str(op.status)] = {"description": HTTPStatus(op.status).phrase}
+    error = {"application/json": {"schema": refs[(ErrorEnvelope, "serialization")]}}
+    # 400 can come from any request (a malformed request line or header, before routing).
+    statuses = set(op.errors) | {400, 500}
+    if op.scope is not None:
+        statuses |= {401, 403}
+    if op.body is not None or op.documented_body is not None:
+        statuses |= {408, 413}
+    for status, description in op.extra_responses.items():
+        entry: dict[str, Any] = {"description": description}
+        if status >= 400:
+            entry["content"] = error
+            statuses.discard(status)
+        responses[str(status)] = entry
+    for status in sorted(statuses):
+        responses[str(status)] = {"description": HTTPStatus(status).phrase, "content": error}
+    return dict(sorted(responses.items()))

@@ -1,0 +1,172 @@
+"""Declares the HTTP operations: method, path, required operator scope and pydantic models.
+
+Each API module owns one `Resource` and decorates its handlers with it. The declaration is
+the single source for three things: routing (`add_routes`), authorisation (`router.auth`
+reads `Operation.scope`), and the OpenAPI document (`router.openapi`). Handlers never parse
+JSON themselves: they receive validated `body` / `query` models and return a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel
+
+from router.http.context import SETTINGS
+from router.http.errors import ApiError, bad_request
+
+HandlerFn = Callable[..., Awaitable[BaseModel | web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route of the HTTP surface."""
+
+    method: str
+    path: str
+    handler: HandlerFn
+    summary: str
+    tag: str
+    scope: str | None  # operator scope the bearer token must hold; None = no token needed
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    extra_responses: dict[int, str] = field(default_factory=dict)
+    # A body the handler reads itself (raw bytes kept), declared for the OpenAPI document only.
+    documented_body: type[BaseModel] | None = None
+
+
+def render(
+    model: BaseModel, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A model as a JSON response (RFC 3339 times and all, as pydantic serialises them)."""
+    return web.Response(
+        status=status,
+        body=model.__pydantic_serializer__.to_json(model),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The raw request body: 413 over `ROUTER_MAX_BODY_BYTES` (checked against Content-Length
+    before reading), 408 if the client trickles it slower than `ROUTER_CLIENT_TIMEOUT`."""
+    settings = request.app[SETTINGS]
+    limit = settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body is larger than {limit} bytes")
+    if request.content.is_eof():  # already buffered in full (the common, small case)
+        return await request.read()
+    try:
+        async with asyncio.timeout(settings.client_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(408, "REQUEST_TIMEOUT", "Request body not received in time") from None
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object; empty means `{}`. 400 if it is not JSON."""
+    raw = await read_body(request)
+    if not raw.strip():
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("Request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise bad_request("Request body must be a JSON object")
+    return data
+
+
+class Resource:
+    """The operations of one API resource (one noun and its verbs)."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.operations: list[Operation] = []
+        self._handlers: list[web.Handler] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        scope: str | None,
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        errors: tuple[int, ...] = (),
+        extra_responses: dict[int, str] | None = None,
+        documented_body: type[BaseModel] | None = None,
+    ) -> Callable[[HandlerFn], web.Handler]:
+        """Decorate `async def handler(request, *, body=..., query=...)`.
+
+        The handler returns a model (rendered with `status`) or a ready response.
+        """
+
+        def decorate(fn: HandlerFn) -> web.Handler:
+            op = Operation(
+                method=method,
+                path=path,
+                handler=fn,
+                summary=summary,
+                tag=self.tag,
+                scope=scope,
+                body=body,
+                query=query,
+                response=response,
+                status=status,
+                errors=errors,
+                extra_responses=extra_responses or {},
+                documented_body=documented_body,
+            )
+
+            @functools.wraps(fn)
+            async def handle(request: web.Request) -> web.StreamResponse:
+                kwargs: dict[str, Any] = {}
+                if op.query is not None:
+                    kwargs["query"] = op.query.model_validate(dict(request.query))
+                if op.body is not None:
+                    kwargs["body"] = op.body.model_validate(await read_json_object(request))
+                result = await fn(request, **kwargs)
+                if isinstance(result, web.StreamResponse):
+                    return result
+                return render(result, op.status)
+
+            handle.operation = op  # type: ignore[attr-defined]  # read by auth middleware
+            self.operations.append(op)
+            self._handlers.append(handle)
+            return handle
+
+        return decorate
+
+    def get(self, path: str, **kw: Any) -> Callable[[HandlerFn], web.Handler]:
+        return self.route("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Callable[[HandlerFn], web.Handler]:
+        return self.route("POST", path, **kw)
+
+    def patch(self, path: str, **kw: Any) -> Callable[[HandlerFn], web.Handler]:
+        return self.route("PATCH", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Callable[[HandlerFn], web.Handler]:
+        return self.route("DELETE", path, **kw)
+
+    def add_routes(self, app: web.Application) -> None:
+        for op, handle in zip(self.operations, self._handlers, strict=True):
+            app.router.add_route(op.method, op.path, handle)
+
+
+def operation_of(request: web.Request) -> Operation | None:
+    """The declared operation a request was routed to (None for unmatched routes)."""
+    return getattr(request.match_info.handler, "operation", None)

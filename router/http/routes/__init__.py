@@ -1,0 +1,29 @@
+"""The HTTP API, one module per resource (one noun and its verbs)."""
+
+from __future__ import annotations
+
+from router.http.operations import Resource
+from router.http.routes import (
+    api_keys,
+    catalog,
+    deliveries,
+    events,
+    health,
+    ingest,
+    metrics,
+    openapi,
+    subscribers,
+)
+
+# Every resource the app serves; /openapi.json documents exactly these.
+RESOURCES: tuple[Resource, ...] = (
+    health.resource,
+    ingest.resource,
+    catalog.resource,
+    subscribers.resource,
+    api_keys.resource,
+    deliveries.resource,
+    events.resource,
+    metrics.resource,
+    openapi.resource,
+)

@@ -1,0 +1,205 @@
+"""Operator API keys: create (token shown once), list, read, change scopes, regenerate, delete.
+
+Every operation needs `write_api_keys`, reads included: whoever can see keys can mint them.
+A key's token carries the scopes it was issued with; `PATCH` changes the key's scopes only,
+and they reach a token through `POST /v1/api-keys/{id}/regenerate` (the seed's rule).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+from router.http.auth import OPERATOR_SCOPES, PRINCIPAL, Principal
+from router.http.context import KEYRING
+from router.http.errors import not_found
+from router.http.operations import Resource
+from router.storage.keyring import ApiKey
+from subscriptions.ids import rfc3339
+
+log = logging.getLogger("router.api.api_keys")
+
+resource = Resource("api-keys")
+
+
+def _known_scope(value: object) -> object:
+    # Before the Literal check, so the 422 names the unknown scope instead of listing choices.
+    if isinstance(value, str) and value not in OPERATOR_SCOPES:
+        raise ValueError(f"unknown operator scope {value!r}")
+    return value
+
+
+OperatorScope = Annotated[Literal[OPERATOR_SCOPES], BeforeValidator(_known_scope)]
+ScopeList = Annotated[
+    list[OperatorScope],
+    Field(min_length=1, description="Operator scopes; duplicates are ignored."),
+]
+KeyName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: KeyName
+    scopes: ScopeList
+
+
+class ApiKeyScopesUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scopes: ScopeList = Field(
+        description="The key's new scopes; its token keeps the old ones until regenerated."
+    )
+
+
+class ApiKeyCreated(BaseModel):
+    id: str
+    name: str
+    scopes: list[str]
+    token: str = Field(description="The bearer token. Shown only in this response.")
+    created_at: str
+
+
+class ApiKeyView(BaseModel):
+    id: str
+    name: str
+    scopes: list[str] = Field(description="The key's current scopes.")
+    token_scopes: list[str] = Field(
+        description="The scopes its live token was issued with (they differ from `scopes` "
+        "until the token is regenerated)."
+    )
+    created_at: str
+    updated_at: str
+
+
+class ApiKeyPage(BaseModel):
+    items: list[ApiKeyView]
+    next_cursor: str | None
+
+
+class ApiKeyRegenerated(BaseModel):
+    id: str
+    name: str
+    scopes: list[str] = Field(description="The scopes the new token carries.")
+    token: str = Field(description="The new bearer token; the previous one no longer works.")
+
+
+class PageQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    limit: int = Field(default=50, ge=1, le=100)
+    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page")
+
+
+def _view(key: ApiKey) -> ApiKeyView:
+    return ApiKeyView(
+        id=key.id,
+        name=key.name,
+        scopes=key.scopes,
+        token_scopes=key.token_scopes,
+        created_at=rfc3339(key.created_at),
+        updated_at=rfc3339(key.updated_at),
+    )
+
+
+def _actor(request: web.Request) -> str:
+    principal: Principal = request[PRINCIPAL]
+    return principal.key_id or "admin"
+
+
+def _key_id(request: web.Request) -> str:
+    return request.match_info["id"]
+
+
+@resource.post(
+    "/v1/api-keys",
+    summary="Create an API key (its token is shown once)",
+    scope="write_api_keys",
+    body=ApiKeyCreate,
+    response=ApiKeyCreated,
+    status=201,
+    errors=(422,),
+)
+async def create_api_key(request: web.Request, body: ApiKeyCreate) -> ApiKeyCreated:
+    key, token = await request.app[KEYRING].create(body.name, body.scopes)
+    log.info("api key %s created by %s with scopes %s", key.id, _actor(request), key.scopes)
+    return ApiKeyCreated(
+        id=key.id,
+        name=key.name,
+        scopes=key.scopes,
+        token=token,
+        created_at=rfc3339(key.created_at),
+    )
+
+
+@resource.get(
+    "/v1/api-keys",
+    summary="List API keys (never their tokens)",
+    scope="write_api_keys",
+    query=PageQuery,
+    response=ApiKeyPage,
+    errors=(422,),
+)
+async def list_api_keys(request: web.Request, query: PageQuery) -> ApiKeyPage:
+    keys, next_cursor = await request.app[KEYRING].list(query.limit, query.cursor)
+    return ApiKeyPage(items=[_view(k) for k in keys], next_cursor=next_cursor)
+
+
+@resource.get(
+    "/v1/api-keys/{id}",
+    summary="Read an API key: its scopes and its token's scopes",
+    scope="write_api_keys",
+    response=ApiKeyView,
+    errors=(404,),
+)
+async def get_api_key(request: web.Request) -> ApiKeyView:
+    key = await request.app[KEYRING].get(_key_id(request))
+    if key is None:
+        raise not_found("API key")
+    return _view(key)
+
+
+@resource.patch(
+    "/v1/api-keys/{id}",
+    summary="Replace an API key's scopes (its token changes only when regenerated)",
+    scope="write_api_keys",
+    body=ApiKeyScopesUpdate,
+    response=ApiKeyView,
+    errors=(404, 422),
+)
+async def update_api_key(request: web.Request, body: ApiKeyScopesUpdate) -> ApiKeyView:
+    key = await request.app[KEYRING].update_scopes(_key_id(request), body.scopes)
+    if key is None:
+        raise not_found("API key")
+    log.info("api key %s scopes set to %s by %s", key.id, key.scopes, _actor(request))
+    return _view(key)
+
+
+@resource.post(
+    "/v1/api-keys/{id}/regenerate",
+    summary="Issue a new token with the key's current scopes; the old token stops working",
+    scope="write_api_keys",
+    response=ApiKeyRegenerated,
+    errors=(404,),
+)
+async def regenerate_api_key(request: web.Request) -> ApiKeyRegenerated:
+    result = await request.app[KEYRING].regenerate(_key_id(request))
+    if result is None:
+        raise not_found("API key")
+    key, token = result
+    log.info("api key %s token regenerated by %s", key.id, _actor(request))
+    return ApiKeyRegenerated(id=key.id, name=key.name, scopes=key.token_scopes, token=token)
+
+
+@resource.delete(
+    "/v1/api-keys/{id}",
+    summary="Delete an API key and its token",
+    scope="write_api_keys",
+    status=204,
+    errors=(404,),
+)
+async def delete_api_key(request: web.Request) -> web.Response:
+    if not await request.app[KEYRING].delete(_key_id(request)):
+        raise not_found("API key")
+    log.info("api key %s deleted by %s", _key_id(request), _actor(request))
+    return web.Response(status=204)

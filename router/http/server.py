@@ -1,0 +1,126 @@
+"""How `serve` listens: the aiohttp runner, with low-level HTTP errors in the envelope.
+
+A request aiohttp cannot parse (a malformed request line or header, one too long) never
+reaches the app's middleware: aiohttp answers it itself, in `text/plain`, and logs the
+exception, whose text quotes the raw bytes — an `Authorization` header and body fragments
+included. Here such a request is answered in the error envelope like every other error,
+and logged as one line that names the error's kind and nothing the client sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from router.http.errors import error_response
+from router.logs import safe_traceback
+
+log = logging.getLogger("router.server")
+
+
+class ConnectionLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """What aiohttp's connection handlers log through (`handler_args={"logger": ...}`, so
+    every server of the app uses it, test servers included): a parse error is one line
+    naming its kind; any other exception keeps its frames, its text withheld."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("router.server"), {})
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        exc = kwargs.pop("exc_info", None)
+        if exc is True:
+            exc = sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            msg = f"{msg} ({type(exc).__name__})"
+        elif isinstance(exc, BaseException):
+            msg = f"{msg}\n{safe_traceback((type(exc), exc, exc.__traceback__))}"
+        return msg, kwargs
+
+
+class EnvelopeRequestHandler(RequestHandler):
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The envelope for an error aiohttp met before (or outside) the app; `message` and
+        `exc` quote the request, so neither is logged nor echoed."""
+        kind = type(exc).__name__ if exc is not None else "error"
+        # Scanners and TLS handshakes on the plain port are noise, as aiohttp itself judges.
+        level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.WARNING
+        if status >= 500 and exc is not None:
+            self.logger.log(level, "error handling a request from %s", request.remote, exc_info=exc)
+        else:
+            log.log(level, "refused a malformed HTTP request from %s (%s)", request.remote, kind)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response has started; no error response can follow")
+        if status >= 500:
+            text = "Internal error"
+        elif isinstance(exc, LineTooLong):
+            text = "Request line or a header is too long"
+        else:
+            text = "Malformed HTTP request (request line or headers)"
+        response = error_response(status, text)
+        response.force_close()
+        return response
+
+
+class _EnvelopeServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return EnvelopeRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class RouterRunner(web.AppRunner):
+    """An `AppRunner` whose connections answer low-level errors in the envelope."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The same object, built by aiohttp with all its settings; only how it makes each
+        # connection's handler changes.
+        server.__class__ = _EnvelopeServer
+        return server
+
+
+async def serve_until_stopped(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    keepalive_timeout: float,
+    reuse_port: bool = False,
+    **handler_args: Any,
+) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then shut down gracefully (the app's cleanup
+    drains its workers)."""
+    runner = RouterRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=keepalive_timeout,
+        handle_signals=False,
+        **handler_args,
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        await site.start()
+        await stop.wait()
+        log.info("draining: finishing attempts in flight")
+    finally:
+        await runner.cleanup()

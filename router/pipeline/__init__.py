@@ -1,0 +1,1 @@
+"""The background work: fan-out (dispatch), delivery attempts and the loops that run them."""

@@ -1,0 +1,191 @@
+"""Where one delivery is attempted.
+
+For a unit of ready work: read its context (delivery, event, subscriber, breaker) in a batch
+shared with the attempts starting alongside; re-check the routing rule (a revoked grant, a
+paused or deleted subscriber, a changed filter turns it `skipped`); wait behind the
+subscriber's circuit breaker if it is open; POST the raw body with Standard Webhooks
+signatures; and record what `router.core.outcome.judge` makes of the result, atomically with
+the queue acknowledgement. How many attempts run at once, and what waits, is
+`router.pipeline.delivery`'s business.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import aiohttp
+
+from router.core import outcome as outcomes
+from router.core.metrics import Metrics
+from router.core.outcome import Outcome
+from router.core.records import TERMINAL, DeliveryStatus, WorkItem
+from router.core.retry import RetryPolicy
+from router.core.signing import delivery_headers
+from router.pipeline.client import post_event
+from router.settings import Settings
+from router.storage.ledger import Ledger
+from subscriptions.catalog import Catalog
+from subscriptions.ids import now_ms
+from subscriptions.models import Subscriber, SubscriberStatus
+from subscriptions.routing import entitlement_refusal
+from subscriptions.store import SubscriberStore
+
+log = logging.getLogger("router.delivery")
+
+BREAKER_HOLD_MS = 1000  # the shortest hold on work an open breaker sent back to be parked
+SUBSCRIBER_CACHE = 10_000
+
+
+class Held(NamedTuple):
+    """The subscriber's open breaker holds its work until `until_ms`: park it till then."""
+
+    until_ms: int
+
+
+class Attempts:
+    """Attempts deliveries and records their outcomes."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        store: SubscriberStore,
+        catalog: Catalog,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.catalog = catalog
+        self.settings = settings
+        self.metrics = metrics
+        self.policy = RetryPolicy(settings.retry_schedule)
+        self.breaker_threshold = settings.breaker_threshold
+        self.probe_interval_ms = int(settings.breaker_probe_interval * 1000)
+        self._subscribers: dict[bytes, Subscriber] = {}  # parsed, by their exact JSON
+
+    async def attempt(
+        self, item: WorkItem, session: aiohttp.ClientSession, answered: Callable[[], None]
+    ) -> Outcome | Held | None:
+        """Handle one unit of work: the outcome recorded, `Held` if the breaker sends it back,
+        or None if it needed nothing (a stale duplicate, an expired record). `answered` is
+        called as soon as the receiver has answered, before the outcome is recorded."""
+        delivery, event, raw_subscriber, breaker = await self.ledger.attempt_context(item)
+        if not delivery:
+            # Its record outlived ROUTER_RETENTION before an attempt: the backlog is longer
+            # than the retention. Counted and logged, never silent.
+            await self.ledger.ack(item)
+            self.metrics.delivered("expired").inc()
+            log.warning("delivery %s expired before it could be attempted", item.delivery_id)
+            return None
+        if DeliveryStatus(delivery["status"]) in TERMINAL:
+            await self.ledger.ack(item)  # a stale duplicate of finished work
+            return None
+        if not event:
+            return await self.record(item, outcomes.skipped("event expired before delivery"))
+        if raw_subscriber is None:
+            return await self.record(item, outcomes.skipped("subscriber deleted"))
+        subscriber = self._subscriber(raw_subscriber)
+        refusal = entitlement_refusal(
+            subscriber, event["event"], event["location_id"], event["company_id"], self.catalog
+        )
+        if refusal is not None:
+            return await self.record(item, outcomes.skipped(refusal))
+        probing = await self._breaker_gate(item, breaker)
+        if isinstance(probing, Held):
+            return probing
+        try:
+            return await self._post(item, delivery, event, subscriber, session, answered)
+        finally:
+            if probing:
+                await self.ledger.release_probe(item.subscriber_id)
+
+    async def fail(self, item: WorkItem, error: BaseException) -> None:
+        """Dead-letter a delivery whose handling met a bug, so it is not reclaimed forever."""
+        log.error(
+            "delivery %s failed unexpectedly (%s); dead-lettered",
+            item.delivery_id,
+            type(error).__name__,
+            exc_info=error,
+        )
+        await self.record(item, outcomes.failed_internally(error))
+
+    async def record(self, item: WorkItem, outcome: Outcome) -> Outcome:
+        await self.ledger.finish(
+            item,
+            outcome,
+            breaker_threshold=self.breaker_threshold,
+            probe_interval_ms=self.probe_interval_ms,
+        )
+        self.metrics.delivered(outcome.metric).inc()
+        return outcome
+
+    def _subscriber(self, raw: bytes) -> Subscriber:
+        """Parse a subscriber's JSON once per version of it, not once per attempt."""
+        subscriber = self._subscribers.get(raw)
+        if subscriber is None:
+            if len(self._subscribers) >= SUBSCRIBER_CACHE:
+                self._subscribers.clear()
+            subscriber = self._subscribers[raw] = Subscriber.model_validate_json(raw)
+        return subscriber
+
+    async def _breaker_gate(self, item: WorkItem, breaker: dict[str, str]) -> bool | Held:
+        """False: attempt normally. True: attempt as the breaker's probe. Held: wait, out of
+        the shared queue, until a probe has succeeded (a probe in flight elsewhere is given
+        the hold to report)."""
+        if int(breaker.get("failures", 0)) < self.breaker_threshold:
+            return False
+        now = now_ms()
+        open_until = int(breaker.get("open_until", 0))
+        probe_ttl = int((self.settings.delivery_timeout + 5) * 1000)
+        if now < open_until or not await self.ledger.acquire_probe(item.subscriber_id, probe_ttl):
+            return Held(max(open_until, now + BREAKER_HOLD_MS))
+        return True
+
+    async def _post(
+        self,
+        item: WorkItem,
+        delivery: dict[str, str],
+        event: dict[str, Any],
+        sub: Subscriber,
+        session: aiohttp.ClientSession,
+        answered: Callable[[], None],
+    ) -> Outcome:
+        number = int(delivery.get("attempts", 0)) + 1
+        started = now_ms()
+        headers = delivery_headers(
+            item.delivery_id,
+            started // 1000,
+            event["body"],
+            sub.signing_secrets(started),
+            event["event"],
+            number,
+            item.event_id,
+        )
+        result = await post_event(
+            session,
+            sub.url,
+            event["body"],
+            headers,
+            allow_private=self.settings.allow_private_targets,
+            timeout=self.settings.delivery_timeout,
+        )
+        answered()
+        self.metrics.attempt_seconds.observe(result.duration_ms / 1000)
+        outcome = outcomes.judge(
+            result,
+            attempt=number,
+            failures=int(delivery.get("schedule_index", 0)),
+            policy=self.policy,
+            started_ms=started,
+            now_ms=now_ms(),
+        )
+        await self.record(item, outcome)
+        if result.succeeded and event["received_at"]:
+            self.metrics.end_to_end_seconds.observe((now_ms() - event["received_at"]) / 1000)
+        if outcome.disable_reason is not None:
+            await self.store.set_status(sub.id, SubscriberStatus.disabled, outcome.disable_reason)
+            log.warning("subscriber %s answered 410 Gone: disabled", sub.id)
+        return outcome
