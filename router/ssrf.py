@@ -1,9 +1,23 @@
-"""The SSRF guard: subscriber URLs may not reach loopback, private, link-local, multicast,
-unspecified or reserved addresses unless `ROUTER_ALLOW_PRIVATE_TARGETS` is set.
+"""The SSRF guard: where a subscriber URL may point, and where a delivery may connect.
 
-It is applied twice: when a URL is registered (`url_refusal`), and when a delivery connects
-(`GuardedResolver`), on the addresses the name resolves to at that moment, so a name that
-is re-pointed at an internal address after registration (DNS rebinding) is still refused.
+A subscriber URL has one spelling, decided at registration the way the HTTP client (aiohttp,
+through yarl) will read it at delivery: ASCII only (an internationalised host is given as
+punycode, `xn--…`), an http(s) scheme, no credentials, no fragment, a port from 1 to 65535,
+and a host that is a DNS name of letter-digit-hyphen labels, a dotted-quad IPv4 address, or a
+bracketed IPv6 address in its canonical form. Anything the client would rewrite into another
+host is refused rather than normalised: `127.0.0.<U+1FBF1>` and fullwidth digits (yarl applies
+NFKC and IDNA), `0x7f.1`, `0177.0.0.1`, `2130706433` and `127.1` (the C library reads them as
+127.0.0.1), `[::ffff:7f00:1]` (the dotted quad is the one spelling of an IPv4 address), zone
+ids, a trailing dot. `URL_PATTERN` is that rule as one regex, published in the OpenAPI document;
+`url_shape_refusal` explains a refusal and ends by applying the same regex. The URL is stored in
+the client's normal form (`canonical_url`), so what is delivered to is exactly what was checked.
+
+The address check is applied twice: when a URL is registered (`url_refusal`), on the addresses
+its host resolves to then, and when a delivery connects (`GuardedResolver`, and
+`literal_host_refusal` for hosts that are addresses), so a name re-pointed at an internal
+address after registration (DNS rebinding) is still refused. Independently of
+`ROUTER_ALLOW_PRIVATE_TARGETS`, a URL may not point at the router itself (`OwnAddress`): one
+event posted back to its own ingest would come back as another, without end.
 """
 
 from __future__ import annotations
@@ -11,14 +25,200 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import re
 import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
+from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# ---------------------------------------------------------------- the one spelling of a URL
+
+_HEX = "[0-9a-fA-F]"
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# The last label may not be a number (decimal, or 0x hex): the C library and browsers would
+# read the whole name as an IPv4 address in one of its odd spellings.
+_END_OF_HOST = "(?:[:/?]|$)"
+_DNS_NAME = rf"(?:{_LABEL}\.)*(?![0-9]+{_END_OF_HOST})(?!0[xX]{_HEX}*{_END_OF_HOST}){_LABEL}"
+# An IPv6 address as Python's `ipaddress` (and so yarl) writes it: lower-case hex groups
+# without leading zeros, and the longest run of two or more zero groups (the leftmost on a
+# tie) written as "::". Exactly those spellings match, so none is rewritten by the client.
+_NONZERO_GROUP = f"[1-9a-fA-F]{_HEX}{{0,3}}"
+_GROUP = f"(?:0|{_NONZERO_GROUP})"
+_GROUPS_FROM_START = f":*(?:{_HEX}+:+)"  # whole groups, each with the colons after it
+
+
+def _at_least_groups(count: int) -> str:
+    return f"(?={_GROUPS_FROM_START}{{{count - 1}}}{_HEX})"
+
+
+def _zero_run_before_gap(length: int) -> str:
+    return f"(?:{_HEX}+:)*" + ":".join(["0"] * length) + ":"
+
+
+def _zero_run_after_gap(length: int) -> str:
+    return rf"[^\]]*::(?:{_HEX}+:)*" + ":".join(["0"] * length) + r"(?::|\])"
+
+
+_IPV6_FULL = rf"(?!(?:{_HEX}+:)*0:0(?::|\]))(?:{_GROUP}:){{7}}{_GROUP}"
+_IPV6_COMPRESSED = (
+    rf"(?!::[fF]{{4}}:{_HEX}{{1,4}}:{_HEX}{{1,4}}\])"  # IPv4-mapped: the dotted quad instead
+    f"(?!{_GROUPS_FROM_START}{{6}}{_HEX})"  # at most six groups beside the "::"
+    # With six groups "::" stands for two zeros: no written run may be as long before it, or
+    # longer after it; with five, for three.
+    f"(?!{_at_least_groups(6)}(?:{_zero_run_before_gap(2)}|{_zero_run_after_gap(3)}))"
+    f"(?!{_at_least_groups(5)}(?:{_zero_run_before_gap(3)}|{_zero_run_after_gap(4)}))"
+    f"(?:(?:{_GROUP}:){{0,5}}{_NONZERO_GROUP})?::(?:{_NONZERO_GROUP}(?::{_GROUP}){{0,5}})?"
+)
+_IPV6 = rf"\[(?:{_IPV6_FULL}|{_IPV6_COMPRESSED})\]"
+_PORT = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+# RFC 3986 path and query characters; anything else must be percent-encoded.
+_URI_CHAR = "[A-Za-z0-9._~!$&'()*+,;=:@/-]"
+_PERCENT_ESCAPE = f"%{_HEX}{{2}}"
+_PATH = f"/(?:{_URI_CHAR}|{_PERCENT_ESCAPE})*"
+_QUERY = rf"\?(?:{_URI_CHAR}|\?|{_PERCENT_ESCAPE})*"
+
+URL_PATTERN = (
+    f"^[Hh][Tt][Tt][Pp][Ss]?://(?:{_IPV4}|{_DNS_NAME}|{_IPV6})(?::{_PORT})?"
+    f"(?:{_PATH})?(?:{_QUERY})?$"
+)
+"""Every subscriber URL the router accepts matches this (ECMA-262 and Python alike), and
+every string that matches is accepted unless its host resolves to a refused address or to
+the router itself (which no pattern can know)."""
+
+_URL = re.compile(URL_PATTERN)
+_PORT_RE = re.compile(_PORT)
+_LABEL_RE = re.compile(_LABEL)
+_NUMERIC_LABEL = re.compile(f"[0-9]+|0[xX]{_HEX}*")
+_URI_TEXT = re.compile(f"(?:{_URI_CHAR}|[?]|{_PERCENT_ESCAPE})*")
+
+
+def url_shape_refusal(url: str) -> str | None:
+    """Why `url` is not a subscriber URL in its one accepted spelling, or None.
+
+    None exactly when `URL_PATTERN` matches and the client's normal form of the URL is stable
+    and keeps the host as given (case aside); the reasons before that are explanations.
+    """
+    if not url.isascii():
+        return (
+            "must be ASCII: give an internationalised host name in punycode (xn--…) and "
+            "percent-encode other characters"
+        )
+    if any(char <= " " or char == "\x7f" for char in url):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if parts.scheme.lower() not in ("http", "https") or not url[len(parts.scheme) :].startswith(
+        "://"
+    ):
+        return "must be an absolute http:// or https:// URL"
+    if "#" in url:
+        return "must not have a #fragment (a fragment is never sent)"
+    if "@" in parts.netloc:
+        return "must not carry credentials (user@ or user:password@)"
+    host, port = _host_and_port(parts.netloc)
+    if port is not None and not _PORT_RE.fullmatch(port):
+        return "port must be a number from 1 to 65535, without leading zeros"
+    if not host:
+        return "must have a host"
+    if reason := _host_refusal(host):
+        return reason
+    rest = url[len(parts.scheme) + 3 + len(parts.netloc) :]  # the path and query
+    if not _URI_TEXT.fullmatch(rest):
+        return "path and query may hold only RFC 3986 characters; percent-encode the others"
+    try:
+        normal = URL(url)
+        canonical = str(normal)
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    given = host[1:-1] if host.startswith("[") else host
+    # Guaranteed by the checks above for today's yarl; kept so that a client that learns a
+    # new rewrite cannot silently connect somewhere other than what was checked.
+    if normal.raw_host != given.lower():
+        return f"host {host} would be sent as {normal.raw_host}"
+    if str(URL(canonical)) != canonical or not _URL.fullmatch(url):
+        return "is not in a form the router can deliver to unchanged"
+    return None
+
+
+def _host_and_port(netloc: str) -> tuple[str, str | None]:
+    if netloc.startswith("["):
+        end = netloc.find("]")
+        host, rest = (netloc, "") if end < 0 else (netloc[: end + 1], netloc[end + 1 :])
+    else:
+        host, colon, port = netloc.partition(":")
+        rest = colon + port
+    if not rest:
+        return host, None
+    return host, rest[1:] if rest.startswith(":") else rest
+
+
+def _host_refusal(host: str) -> str | None:
+    if host.startswith("["):
+        return _ipv6_refusal(host)
+    if host.endswith("."):
+        return f"host {host} must not end with a dot"
+    labels = host.split(".")
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        return _ipv4_refusal(host)
+    for label in labels:
+        if not _LABEL_RE.fullmatch(label):
+            return (
+                f"host {host} must be a DNS name of letters, digits and hyphens "
+                f"({label!r} is not such a label)"
+            )
+    return None
+
+
+def _ipv4_refusal(host: str) -> str | None:
+    try:
+        ipaddress.IPv4Address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        address = socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return f"host {host} is neither a DNS name nor a dotted-quad IPv4 address"
+    return f"host {host} is an unusual spelling of {address}: write {address}"
+
+
+def _ipv6_refusal(host: str) -> str | None:
+    if not host.endswith("]"):
+        return f"host {host} lacks its closing ]"
+    literal = host[1:-1]
+    if "%" in literal:
+        return f"host {host} must not carry a zone id"
+    try:
+        ip = ipaddress.IPv6Address(literal)
+    except ValueError:
+        return f"host {host} is not an IPv6 address"
+    if ip.ipv4_mapped is not None:
+        return f"host {host} is the IPv4 address {ip.ipv4_mapped}: write {ip.ipv4_mapped}"
+    if "." in literal or ip.compressed != literal.lower():
+        return f"host {host} must be written in its canonical form [{ip.compressed}]"
+    return None
+
+
+def canonical_url(url: str) -> str:
+    """The URL as the client will send it (yarl's normal form): what the router stores.
+
+    For a URL `url_shape_refusal` accepts, this is stable and keeps the host unchanged.
+    """
+    return str(URL(url))
+
+
+# ---------------------------------------------------------------- addresses
 
 
 def address_refusal(address: str) -> str | None:
@@ -49,53 +249,129 @@ def address_refusal(address: str) -> str | None:
     return None
 
 
-async def url_refusal(url: str, allow_private: bool) -> str | None:
-    """Why `url` may not be a subscriber URL, or None.
-
-    Checks it is an absolute http(s) URL with a host, then (unless `allow_private`) that none
-    of the addresses its host resolves to is internal. A name that does not resolve now is
-    allowed: delivery re-checks at connect time.
-    """
+def _host_address(host: str) -> IPAddress | None:
+    """The address the C library connects to for `host` without asking DNS: an IP literal,
+    or a numeric spelling `inet_aton` reads (`0x7f.1`, `2130706433`); None for a name."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        return f"not a valid URL: {exc}"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be an absolute http:// or https:// URL"
-    if parts.username or parts.password:
-        return "must not carry credentials"
-    if allow_private:
-        return None
-    host = parts.hostname
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-        return address_refusal(host)
+        return ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         pass
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port or 443, type=socket.SOCK_STREAM
-        )
-    except (OSError, UnicodeError):
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
         return None
-    for info in infos:
-        reason = address_refusal(str(info[4][0]))
-        if reason:
-            return f"host {host} resolves to {reason}"
+
+
+def _unmapped(ip: IPAddress) -> IPAddress:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _is_local(ip: IPAddress) -> bool:
+    """True if `ip` is an address of this machine (binding to it succeeds only then)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(ip), 0))
+    except OSError:
+        return False
+    return True
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to now; empty if it does not resolve."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+
+
+@dataclass(frozen=True)
+class OwnAddress:
+    """Where this router can be reached, so that subscriber URLs cannot point back at it.
+
+    `host`/`port` are where it listens (`ROUTER_HOST`/`ROUTER_PORT`; a wildcard host means
+    every address of this machine); `public_urls` are the base URLs it is reachable under
+    from elsewhere (`ROUTER_PUBLIC_URLS`), compared by origin.
+    """
+
+    host: str
+    port: int
+    public_urls: tuple[str, ...] = ()
+
+    def public_origin_of(self, url: URL) -> str | None:
+        """The public URL whose origin (scheme, host, port) `url` has, or None."""
+        for public in self.public_urls:
+            base = URL(public)
+            if (base.scheme, base.raw_host, base.port) == (url.scheme, url.raw_host, url.port):
+                return public
+        return None
+
+    async def listens_on(self, addresses: Iterable[IPAddress]) -> IPAddress | None:
+        """The first of `addresses` on which a connection reaches the router's listener."""
+        candidates = [_unmapped(ip) for ip in addresses]
+        listen = _host_address(self.host)
+        if self.host in ("", "*") or (listen is not None and listen.is_unspecified):
+            return next(
+                (ip for ip in candidates if ip.is_unspecified or ip.is_loopback or _is_local(ip)),
+                None,
+            )
+        own = {listen} if listen is not None else set(await _resolve(self.host, self.port))
+        own = {_unmapped(ip) for ip in own}
+        # Connecting to 0.0.0.0 or :: reaches this machine, whichever address it listens on.
+        return next((ip for ip in candidates if ip.is_unspecified or ip in own), None)
+
+
+async def url_refusal(url: str, allow_private: bool, own: OwnAddress | None = None) -> str | None:
+    """Why `url` may not be a subscriber URL, or None.
+
+    Checks its spelling (`url_shape_refusal`); then that it does not point at the router
+    itself (`own`: its listen address, or an origin of its public URLs), whatever
+    `allow_private` says; then (unless `allow_private`) that none of the addresses its host
+    resolves to is internal. A name that does not resolve now is allowed: delivery re-checks
+    at connect time.
+    """
+    if reason := url_shape_refusal(url):
+        return reason
+    target = URL(url)
+    host, port = target.raw_host or "", target.port or 0
+    if own is not None and (public := own.public_origin_of(target)):
+        return f"points at this router itself (its public URL {public})"
+    literal = _host_address(host)
+    checks_self = own is not None and port == own.port
+    if literal is not None:
+        addresses = [literal]
+    elif checks_self or not allow_private:
+        addresses = await _resolve(host, port)
+    else:
+        addresses = []
+    if checks_self and own is not None and (hit := await own.listens_on(addresses)):
+        return f"points at this router itself (it listens on port {port} of {hit})"
+    if allow_private:
+        return None
+    for address in addresses:
+        if reason := address_refusal(str(address)):
+            return reason if literal is not None else f"host {host} resolves to {reason}"
     return None
 
 
-@lru_cache(maxsize=16_384)  # asked before every attempt, of a few URLs, and costs 4 µs
+@lru_cache(maxsize=16_384)  # asked before every attempt, of a few URLs
 def literal_host_refusal(url: str) -> str | None:
-    """Why a URL whose host is an IP literal may not be connected to (aiohttp does not ask the
-    resolver for literals, so `GuardedResolver` alone would not see them)."""
-    host = urlsplit(url).hostname or ""
+    """Why the client may not connect to a URL whose host is an address, or None.
+
+    The host is read as aiohttp reads it (yarl's normal form, then the C library's numeric
+    spellings), so a URL stored before its spelling was refused is still judged by the
+    address the connection would go to. aiohttp does not ask the resolver for an address,
+    so `GuardedResolver` alone would not see these.
+    """
     try:
-        ipaddress.ip_address(host.split("%", 1)[0])
+        host = URL(url).raw_host or ""
     except ValueError:
-        return None
-    return address_refusal(host)
+        return "not a valid URL"
+    address = _host_address(host)
+    return None if address is None else address_refusal(str(address))
 
 
 class TargetRefused(OSError):

@@ -1,8 +1,8 @@
 """The subscriber registry: apps that receive events, their grants, secrets and restrictions.
 
 Shape checks (lengths, types, unknown fields, secret format) are the request models'; checks
-that need the catalog or the network (scope and event names, the SSRF guard) run in the
-handlers and report every problem at once, each naming its field.
+that need the catalog or the network (scope and event names, the URL rule and the SSRF guard)
+run in the handlers and report every problem at once, each naming its field.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from router.context import CATALOG, SETTINGS, SUBSCRIBERS
 from router.errors import bad_request, conflict, not_found, validation_failed
 from router.operations import Resource, render
-from router.ssrf import url_refusal
+from router.settings import Settings
+from router.ssrf import OwnAddress, canonical_url, url_refusal
 from subscriptions.catalog import Catalog
 from subscriptions.explain import Verdict
 from subscriptions.ids import rfc3339
@@ -28,7 +29,11 @@ from subscriptions.store import Check, StaleVersion
 resource = Resource("subscribers")
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048)]
+Url = Annotated[str, StringConstraints(max_length=2048)]
+_URL = (
+    "Absolute http(s) URL that receives deliveries: ASCII (an international host in punycode), "
+    "no credentials or fragment; stored as the HTTP client will send it"
+)
 Token = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Problems = list[tuple[str, str]]
 
@@ -60,7 +65,7 @@ class SubscriberCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
-    url: Url = Field(description="Absolute http(s) URL that receives deliveries")
+    url: Url = Field(description=_URL)
     scopes: list[Token] = Field(min_length=1, description="Catalog scopes granted to the app")
     events: list[Token] | None = Field(
         default=None, description="Only these events (each unlocked by a granted scope)"
@@ -251,8 +256,15 @@ def grant_problems(catalog: Catalog, sub: Subscriber) -> Problems:
     )
 
 
+def own_address(settings: Settings) -> OwnAddress:
+    """Where the router serving with `settings` can be reached (subscribers may not point
+    there)."""
+    return OwnAddress(settings.host, settings.port, settings.public_urls or ())
+
+
 async def url_problems(request: web.Request, url: str) -> Problems:
-    reason = await url_refusal(url, request.app[SETTINGS].allow_private_targets)
+    settings = request.app[SETTINGS]
+    reason = await url_refusal(url, settings.allow_private_targets, own_address(settings))
     return [] if reason is None else [("url", reason)]
 
 
@@ -290,7 +302,9 @@ async def create_subscriber(request: web.Request, body: SubscriberCreate) -> web
         + scope_problems(catalog, "scopes", body.scopes)
         + event_problems(catalog, body.scopes, body.events)
     )
-    sub = await request.app[SUBSCRIBERS].create(**body.model_dump())
+    fields = body.model_dump()
+    fields["url"] = canonical_url(body.url)
+    sub = await request.app[SUBSCRIBERS].create(**fields)
     return render(SubscriberCreated(**_base(sub), secret=sub.secret), 201, _etag(sub))
 
 
@@ -344,6 +358,8 @@ async def patch_subscriber(request: web.Request, body: SubscriberPatch) -> web.R
     _refuse(problems)
     # Reported with the resulting subscriber's problems, so one response lists them all.
     url = [] if "url" not in changes else await url_problems(request, changes["url"])
+    if "url" in changes and not url:
+        changes["url"] = canonical_url(changes["url"])
     try:
         sub = await request.app[SUBSCRIBERS].update(
             _subscriber_id(request),
