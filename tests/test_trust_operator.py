@@ -2,24 +2,31 @@
 
 - Key minting cannot escalate: a caller grants only scopes its token holds, and changes,
   regenerates or deletes only keys no stronger than its token.
+- Operator input is bounded and inert: list sizes and query strings have limits, names and
+  tokens carry no control characters, and the CLI escapes whatever it prints.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from router.auth import OPERATOR_SCOPES
-from router.context import KEYRING
+from router.commands import api_keys, subscribers
+from router.context import KEYRING, SUBSCRIBERS
 from router.keyring import ApiKey
+from router.text import escape
 from tests.conftest import ADMIN_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+SUBSCRIBER = {"name": "app", "url": "https://example.com/hook", "scopes": ["contacts.readonly"]}
 FORBIDDEN = {
     "errors": [
         {
@@ -243,3 +250,276 @@ async def test_keyring_refusal_leaves_the_key_and_its_token_unchanged(
             await change()
     assert await keyring.get(key.id) == key
     assert await keyring.principal_for_token(token) is not None
+
+
+# ---------------------------------------------------------------- D: bounded input
+
+
+def subscriber(**fields: Any) -> dict[str, Any]:
+    return {**SUBSCRIBER, **fields}
+
+
+async def refused_fields(resp: Any) -> list[str]:
+    assert resp.status == 422, await resp.text()
+    return [item["extensions"]["field"] for item in (await resp.json())["errors"]]
+
+
+async def created_id(client: TestClient, **fields: Any) -> str:
+    resp = await client.post("/v1/subscribers", json=subscriber(**fields), headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("location_ids", [f"loc_{i}" for i in range(10_000)]),
+        ("location_ids", [f"loc_{i}" for i in range(1001)]),
+        ("scopes", ["contacts.readonly"] * 101),
+        ("events", ["ContactCreate"] * 201),
+    ],
+    ids=["10000-locations", "1001-locations", "101-scopes", "201-events"],
+)
+async def test_oversized_list_is_422_naming_it(
+    client: TestClient, field: str, value: list[str]
+) -> None:
+    resp = await client.post("/v1/subscribers", json=subscriber(**{field: value}), headers=ADMIN)
+    assert await refused_fields(resp) == [field]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("location_ids", [f"loc_{i}" for i in range(1001)]),
+        ("scopes", ["contacts.readonly"] * 101),
+        ("events", ["ContactCreate"] * 201),
+    ],
+)
+async def test_oversized_list_in_a_patch_is_422_naming_it(
+    client: TestClient, field: str, value: list[str]
+) -> None:
+    sub_id = await created_id(client)
+    resp = await client.patch(f"/v1/subscribers/{sub_id}", json={field: value}, headers=ADMIN)
+    assert await refused_fields(resp) == [field]
+
+
+async def test_lists_at_their_bounds_are_accepted(client: TestClient) -> None:
+    await created_id(
+        client,
+        location_ids=[f"loc_{i}" for i in range(1000)],
+        scopes=["contacts.readonly"] * 100,
+        events=["ContactCreate"] * 200,
+    )
+
+
+@pytest.mark.parametrize("field", ["add", "remove"])
+async def test_oversized_grants_change_is_422_naming_it(client: TestClient, field: str) -> None:
+    sub_id = await created_id(client)
+    resp = await client.post(
+        f"/v1/subscribers/{sub_id}/grants", json={field: ["forms.readonly"] * 101}, headers=ADMIN
+    )
+    assert await refused_fields(resp) == [field]
+
+
+async def test_api_key_with_over_100_scopes_is_422_naming_scopes(client: TestClient) -> None:
+    resp = await client.post(
+        "/v1/api-keys", json={"name": "x", "scopes": ["read_events"] * 101}, headers=ADMIN
+    )
+    assert await refused_fields(resp) == ["scopes"]
+
+
+LONG = "a" * 201
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/v1/subscribers", "cursor"),
+        ("/v1/subscribers", "scope"),
+        ("/v1/subscribers/{id}/explain?event=ContactCreate", "location_id"),
+        ("/v1/subscribers/{id}/explain?event=ContactCreate", "company_id"),
+        ("/v1/subscribers/{id}/explain", "event"),
+        ("/v1/deliveries", "subscriber_id"),
+        ("/v1/deliveries", "event"),
+        ("/v1/deliveries", "cursor"),
+        ("/v1/api-keys", "cursor"),
+    ],
+)
+async def test_query_string_over_200_characters_is_422_naming_it(
+    client: TestClient, path: str, parameter: str
+) -> None:
+    target = path.replace("{id}", await created_id(client))
+    separator = "&" if "?" in target else "?"
+    resp = await client.get(f"{target}{separator}{parameter}={LONG}", headers=ADMIN)
+    assert await refused_fields(resp) == [parameter]
+
+
+CONTROL_TEXT = [
+    "red \x1b[31mtext",
+    "line\r\nbreak",
+    "tab\there",
+    "nul\x00",
+    "del\x7f",
+    "next line\x85",
+    "csi\x9b31m",
+    "override\u202etxt.exe",
+    "isolate\u2066x\u2069",
+    "mark\u200f",
+    "separator\u2028",
+]
+
+
+@pytest.mark.parametrize("name", CONTROL_TEXT)
+async def test_control_character_in_a_subscriber_name_is_422(client: TestClient, name: str) -> None:
+    resp = await client.post("/v1/subscribers", json=subscriber(name=name), headers=ADMIN)
+    assert await refused_fields(resp) == ["name"]
+    assert "control" in (await resp.json())["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("name", CONTROL_TEXT)
+async def test_control_character_in_an_api_key_name_is_422(client: TestClient, name: str) -> None:
+    resp = await client.post(
+        "/v1/api-keys", json={"name": name, "scopes": ["read_events"]}, headers=ADMIN
+    )
+    assert await refused_fields(resp) == ["name"]
+
+
+@pytest.mark.parametrize("name", CONTROL_TEXT[:4])
+async def test_control_character_in_a_patched_name_is_422(client: TestClient, name: str) -> None:
+    sub_id = await created_id(client)
+    resp = await client.patch(f"/v1/subscribers/{sub_id}", json={"name": name}, headers=ADMIN)
+    assert await refused_fields(resp) == ["name"]
+
+
+@pytest.mark.parametrize("name", [" app", "app ", "\u00a0app", "app\u3000", "   "])
+async def test_name_starting_or_ending_with_whitespace_is_422(
+    client: TestClient, name: str
+) -> None:
+    resp = await client.post("/v1/subscribers", json=subscriber(name=name), headers=ADMIN)
+    assert await refused_fields(resp) == ["name"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "refused"),
+    [
+        ({"location_ids": ["ok", "bad\x1b[2J"]}, "location_ids.1"),
+        ({"company_id": "co\u202e1"}, "company_id"),
+        ({"scopes": ["contacts.readonly\x1b"]}, "scopes.0"),
+        ({"events": ["Contact\rCreate"]}, "events.0"),
+    ],
+)
+async def test_control_character_in_a_token_is_422_naming_it(
+    client: TestClient, fields: dict[str, Any], refused: str
+) -> None:
+    resp = await client.post("/v1/subscribers", json=subscriber(**fields), headers=ADMIN)
+    assert await refused_fields(resp) == [refused]
+
+
+async def test_control_character_in_a_granted_scope_or_explained_event_is_422(
+    client: TestClient,
+) -> None:
+    sub_id = await created_id(client)
+    grants = await client.post(
+        f"/v1/subscribers/{sub_id}/grants", json={"add": ["forms\x1b.readonly"]}, headers=ADMIN
+    )
+    explain = await client.get(
+        f"/v1/subscribers/{sub_id}/explain", params={"event": "Contact\x1bCreate"}, headers=ADMIN
+    )
+    assert (await refused_fields(grants), await refused_fields(explain)) == (["add.0"], ["event"])
+
+
+def test_escape_writes_every_control_character_as_its_escape() -> None:
+    assert escape("a\x1b[31mb\r\n\x00\x7f\x85\x9b\u202e\u2066\u2028c") == (
+        "a\\x1b[31mb\\x0d\\x0a\\x00\\x7f\\x85\\x9b\\u202e\\u2066\\u2028c"
+    )
+
+
+def test_escape_leaves_ordinary_text_alone() -> None:
+    text = "crm-sync (EU) \u00e9\u00e8 \u0645\u0631\u062d\u0628\u0627 \U0001f600 50% {x}"
+    assert escape(text) == text
+
+
+# -- the CLI prints stored data from before the rule without letting it drive the terminal
+
+HOSTILE = "evil\x1b]0;owned\x07\x1b[2J\u202etxt.exe\x9b31m"
+
+
+@pytest.fixture
+async def base_url(
+    aiohttp_server: Any, app: web.Application, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    server: TestServer = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    monkeypatch.setenv("ROUTER_URL", url)
+    monkeypatch.setenv("ROUTER_TOKEN", ADMIN_TOKEN)
+    return url
+
+
+async def cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="webhook-router")
+    commands = parser.add_subparsers(dest="command", required=True)
+    subscribers.register(commands)
+    api_keys.register(commands)
+    args = parser.parse_args(argv)
+    return await asyncio.to_thread(args.func, args)
+
+
+def assert_inert(text: str) -> None:
+    for char in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert char not in text, repr(text)
+
+
+@pytest.fixture
+async def hostile_subscriber(app: web.Application) -> str:
+    # Straight into the store: what registration accepted before names were checked.
+    sub = await app[SUBSCRIBERS].create(
+        name=HOSTILE, url="https://example.com/hook", scopes=["contacts.readonly"]
+    )
+    return sub.id
+
+
+@pytest.mark.parametrize(
+    "argv", [("subscribers", "list"), ("subscribers", "show", "{id}")], ids=["list", "show"]
+)
+async def test_cli_prints_a_stored_hostile_name_escaped(
+    base_url: str, hostile_subscriber: str, capsys: pytest.CaptureFixture[str], argv: tuple
+) -> None:
+    assert await cli(*(part.replace("{id}", hostile_subscriber) for part in argv)) == 0
+    out = capsys.readouterr().out
+    assert_inert(out)
+    assert escape(HOSTILE) in out
+
+
+async def test_cli_json_output_is_inert_and_still_the_data(
+    base_url: str, hostile_subscriber: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli("subscribers", "show", hostile_subscriber, "--json") == 0
+    out = capsys.readouterr().out
+    assert_inert(out)
+    assert json.loads(out)["name"] == HOSTILE
+
+
+async def test_cli_prints_a_stored_hostile_api_key_name_escaped(
+    base_url: str, app: web.Application, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await app[KEYRING].create(HOSTILE, ["read_events"])
+    assert await cli("api-keys", "list") == 0
+    out = capsys.readouterr().out
+    assert_inert(out)
+    assert escape(HOSTILE) in out
+
+
+async def test_cli_prints_error_messages_escaped(
+    aiohttp_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def hostile_error(request: web.Request) -> web.Response:
+        items = [{"message": HOSTILE, "extensions": {"code": "X", "requiredScope": HOSTILE}}]
+        return web.json_response({"errors": items}, status=400)
+
+    other = web.Application()
+    other.router.add_get("/v1/api-keys", hostile_error)
+    url = str((await aiohttp_server(other)).make_url("")).rstrip("/")
+    assert await cli("api-keys", "list", "--url", url) == 1
+    err = capsys.readouterr().err
+    assert_inert(err)
+    assert err.startswith(f"error: {escape(HOSTILE)}")

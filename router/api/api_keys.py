@@ -25,6 +25,7 @@ from router.context import KEYRING
 from router.errors import insufficient_scopes, not_found
 from router.keyring import ApiKey, KeyCheck
 from router.operations import Resource
+from router.text import Name
 from subscriptions.ids import rfc3339
 
 log = logging.getLogger("router.api.api_keys")
@@ -44,16 +45,16 @@ ScopeList = Annotated[
     list[OperatorScope],
     Field(
         min_length=1,
+        max_length=100,
         description="Operator scopes; duplicates are ignored. Each must be held by the "
         "caller's token.",
     ),
 ]
-KeyName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: KeyName
+    name: Name
     scopes: ScopeList
 
 
@@ -99,7 +100,9 @@ class ApiKeyRegenerated(BaseModel):
 class PageQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
     limit: int = Field(default=50, ge=1, le=100)
-    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page")
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+        default=None, description="`next_cursor` of the previous page"
+    )
 
 
 def _view(key: ApiKey) -> ApiKeyView:

@@ -1,8 +1,9 @@
 """The subscriber registry: apps that receive events, their grants, secrets and restrictions.
 
-Shape checks (lengths, types, unknown fields, secret format) are the request models'; checks
-that need the catalog or the network (scope and event names, the URL rule and the SSRF guard)
-run in the handlers and report every problem at once, each naming its field.
+Shape checks (lengths, types, unknown fields, control characters, secret format) are the
+request models'; checks that need the catalog or the network (scope and event names, the URL
+rule and the SSRF guard) run in the handlers and report every problem at once, each naming its
+field.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from router.errors import bad_request, conflict, not_found, validation_failed
 from router.operations import Resource, render
 from router.settings import Settings
 from router.ssrf import OwnAddress, canonical_url, url_refusal
+from router.text import Name, Token
 from subscriptions.catalog import Catalog
 from subscriptions.explain import Verdict
 from subscriptions.ids import rfc3339
@@ -28,13 +30,17 @@ from subscriptions.store import Check, StaleVersion
 
 resource = Resource("subscribers")
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+MAX_SCOPES = 100
+MAX_EVENTS = 200
+MAX_LOCATIONS = 1000
+MAX_GRANT_CHANGES = 100
+
 Url = Annotated[str, StringConstraints(max_length=2048)]
 _URL = (
     "Absolute http(s) URL that receives deliveries: ASCII (an international host in punycode), "
     "no credentials or fragment; stored as the HTTP client will send it"
 )
-Token = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+QueryText = Annotated[str, StringConstraints(max_length=200)]
 Problems = list[tuple[str, str]]
 
 _SECRET_RULE = "must be whsec_ followed by the base64 of 24 to 64 bytes"
@@ -66,11 +72,17 @@ class SubscriberCreate(BaseModel):
 
     name: Name
     url: Url = Field(description=_URL)
-    scopes: list[Token] = Field(min_length=1, description="Catalog scopes granted to the app")
-    events: list[Token] | None = Field(
-        default=None, description="Only these events (each unlocked by a granted scope)"
+    scopes: list[Token] = Field(
+        min_length=1, max_length=MAX_SCOPES, description="Catalog scopes granted to the app"
     )
-    location_ids: list[Token] | None = Field(default=None, description="Bind to these locations")
+    events: list[Token] | None = Field(
+        default=None,
+        max_length=MAX_EVENTS,
+        description="Only these events (each unlocked by a granted scope)",
+    )
+    location_ids: list[Token] | None = Field(
+        default=None, max_length=MAX_LOCATIONS, description="Bind to these locations"
+    )
     company_id: Token | None = Field(default=None, description="Bind to this company")
     secret: str | None = Field(
         default=None,
@@ -96,10 +108,10 @@ class SubscriberPatch(BaseModel):
     name: Name = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
     url: Url = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
     scopes: list[Token] = Field(  # type: ignore[assignment]
-        default=None, min_length=1, json_schema_extra=_no_default
+        default=None, min_length=1, max_length=MAX_SCOPES, json_schema_extra=_no_default
     )
-    events: list[Token] | None = None
-    location_ids: list[Token] | None = None
+    events: list[Token] | None = Field(default=None, max_length=MAX_EVENTS)
+    location_ids: list[Token] | None = Field(default=None, max_length=MAX_LOCATIONS)
     company_id: Token | None = None
     status: Literal["active", "paused"] = Field(  # type: ignore[assignment]
         default=None,
@@ -111,16 +123,16 @@ class SubscriberPatch(BaseModel):
 class GrantsChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    add: list[Token] = Field(default_factory=list)
-    remove: list[Token] = Field(default_factory=list)
+    add: list[Token] = Field(default_factory=list, max_length=MAX_GRANT_CHANGES)
+    remove: list[Token] = Field(default_factory=list, max_length=MAX_GRANT_CHANGES)
 
 
 class ListQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     limit: int = Field(default=50, ge=1, le=100)
-    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page")
-    scope: str | None = Field(default=None, description="Only holders of this scope")
+    cursor: QueryText | None = Field(default=None, description="`next_cursor` of the previous page")
+    scope: Token | None = Field(default=None, description="Only holders of this scope")
     status: SubscriberStatus | None = None
 
 
@@ -128,8 +140,8 @@ class ExplainQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     event: Token = Field(description="Event name or payload type, e.g. ContactCreate")
-    location_id: str | None = None
-    company_id: str | None = None
+    location_id: QueryText | None = None
+    company_id: QueryText | None = None
 
 
 class SecretView(BaseModel):
