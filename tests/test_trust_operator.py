@@ -4,6 +4,9 @@
   regenerates or deletes only keys no stronger than its token.
 - Operator input is bounded and inert: list sizes and query strings have limits, names and
   tokens carry no control characters, and the CLI escapes whatever it prints.
+- The OpenAPI document promises what the server accepts: catalog names as enums of the app's
+  own catalog, the URL rule as a pattern the server applies, and no cross-field rule that a
+  schema cannot state (an event filter may outlive its scope; revocation always works).
 """
 
 from __future__ import annotations
@@ -12,18 +15,33 @@ import argparse
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import TypeAdapter, ValidationError
+from redis.asyncio import Redis
 
+from router.app import create_app
 from router.auth import OPERATOR_SCOPES
 from router.commands import api_keys, subscribers
 from router.context import KEYRING, SUBSCRIBERS
 from router.keyring import ApiKey
-from router.text import escape
-from tests.conftest import ADMIN_TOKEN
+from router.ssrf import URL_PATTERN, url_shape_refusal
+from router.text import NAME_PATTERN, Name, escape
+from subscriptions.catalog import load_catalog
+from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.test_trust_urls import (
+    CANONICAL,
+    IPV6_SPELLINGS,
+    MALFORMED,
+    NUMERIC_SPELLINGS,
+    OTHER_NON_ASCII,
+    OTHER_ODD_HOSTS,
+    UNICODE_LOOPBACK,
+)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SUBSCRIBER = {"name": "app", "url": "https://example.com/hook", "scopes": ["contacts.readonly"]}
@@ -523,3 +541,180 @@ async def test_cli_prints_error_messages_escaped(
     err = capsys.readouterr().err
     assert_inert(err)
     assert err.startswith(f"error: {escape(HOSTILE)}")
+
+
+# ---------------------------------------------------------------- E: the document keeps its word
+
+
+async def served_document(client: TestClient) -> dict[str, Any]:
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    return await resp.json()
+
+
+def component(document: dict[str, Any], name: str) -> dict[str, Any]:
+    return document["components"]["schemas"][name]
+
+
+def string_variant(schema: dict[str, Any]) -> dict[str, Any]:
+    """The string branch of a possibly nullable schema."""
+    return next(v for v in schema.get("anyOf", [schema]) if v.get("type") == "string")
+
+
+def query_parameter(document: dict[str, Any], path: str, name: str) -> dict[str, Any]:
+    [parameter] = [p for p in document["paths"][path]["get"]["parameters"] if p["name"] == name]
+    return string_variant(parameter["schema"])
+
+
+async def test_every_place_a_platform_scope_is_taken_lists_the_catalogs_scopes(
+    client: TestClient,
+) -> None:
+    document = await served_document(client)
+    scopes = list(load_catalog().scopes)
+    places = [
+        component(document, "SubscriberCreate")["properties"]["scopes"]["items"],
+        component(document, "SubscriberPatch")["properties"]["scopes"]["items"],
+        component(document, "GrantsChange")["properties"]["add"]["items"],
+        component(document, "GrantsChange")["properties"]["remove"]["items"],
+        query_parameter(document, "/v1/subscribers", "scope"),
+    ]
+    assert [place["enum"] for place in places] == [scopes] * len(places)
+
+
+async def test_event_filters_list_the_catalogs_events_and_explain_also_its_aliases(
+    client: TestClient,
+) -> None:
+    document = await served_document(client)
+    events = sorted(load_catalog().event_names())
+    for model in ("SubscriberCreate", "SubscriberPatch"):
+        nullable = component(document, model)["properties"]["events"]["anyOf"]
+        [array] = [variant for variant in nullable if variant.get("type") == "array"]
+        assert array["items"]["enum"] == events
+    explained = query_parameter(document, "/v1/subscribers/{subscriber_id}/explain", "event")
+    assert explained["enum"] == sorted({*events, "ConversationUnreadUpdate"})
+
+
+async def test_no_catalog_marker_is_left_in_the_document(client: TestClient) -> None:
+    assert "x-catalog-names" not in json.dumps(await served_document(client))
+
+
+async def test_subscriber_url_pattern_is_the_servers_rule(client: TestClient) -> None:
+    document = await served_document(client)
+    for model in ("SubscriberCreate", "SubscriberPatch"):
+        assert component(document, model)["properties"]["url"]["pattern"] == URL_PATTERN
+    assert component(document, "SubscriberCreate")["properties"]["name"]["pattern"] == NAME_PATTERN
+
+
+async def test_each_app_documents_its_own_catalog(
+    aiohttp_client: Any, redis: Redis, key_prefix: str, tmp_path: Path, client: TestClient
+) -> None:
+    overlay = tmp_path / "overlay.json"
+    overlay.write_text(json.dumps({"events": {"ContactUpdate": "contacts.readonly"}}))
+    settings = make_settings(key_prefix, catalog_overlay=overlay)
+    other = await aiohttp_client(create_app(settings, redis=redis))
+    extended = await served_document(other)
+    default = await served_document(client)
+
+    def event_enum(document: dict[str, Any]) -> list[str]:
+        return query_parameter(document, "/v1/subscribers/{subscriber_id}/explain", "event")["enum"]
+
+    assert "ContactUpdate" in event_enum(extended)
+    assert "ContactUpdate" not in event_enum(default)
+
+
+async def test_overlay_event_is_accepted_by_the_app_that_documents_it(
+    aiohttp_client: Any, redis: Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    overlay = tmp_path / "overlay.json"
+    overlay.write_text(json.dumps({"events": {"ContactUpdate": "contacts.readonly"}}))
+    settings = make_settings(key_prefix, catalog_overlay=overlay)
+    client = await aiohttp_client(create_app(settings, redis=redis))
+    resp = await client.post(
+        "/v1/subscribers", json=subscriber(events=["ContactUpdate"]), headers=ADMIN
+    )
+    assert resp.status == 201, await resp.text()
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("scope=", "scope"), ("scope=contacts.rd", "scope"), ("scope=%1b", "scope")],
+)
+async def test_scope_filter_outside_the_enum_is_422(
+    client: TestClient, query: str, field: str
+) -> None:
+    resp = await client.get(f"/v1/subscribers?{query}", headers=ADMIN)
+    assert await refused_fields(resp) == [field]
+
+
+@pytest.mark.parametrize("event", ["ContactUpdate", "Nope", ""])
+async def test_explaining_an_event_outside_the_enum_is_422(client: TestClient, event: str) -> None:
+    sub_id = await created_id(client)
+    resp = await client.get(
+        f"/v1/subscribers/{sub_id}/explain", params={"event": event}, headers=ADMIN
+    )
+    assert await refused_fields(resp) == ["event"]
+
+
+async def test_explaining_a_payload_type_alias_is_allowed(client: TestClient) -> None:
+    sub_id = await created_id(client)
+    resp = await client.get(
+        f"/v1/subscribers/{sub_id}/explain",
+        params={"event": "ConversationUnreadUpdate"},
+        headers=ADMIN,
+    )
+    assert resp.status == 200
+    assert (await resp.json())["event"] == "ConversationUnreadWebhook"
+
+
+@pytest.mark.parametrize("url", ["0", "", "example.com", "http://", "https://[::1"])
+async def test_url_the_pattern_refuses_is_422(client: TestClient, url: str) -> None:
+    resp = await client.post("/v1/subscribers", json=subscriber(url=url), headers=ADMIN)
+    assert await refused_fields(resp) == ["url"]
+
+
+async def test_revoking_a_scope_an_event_filter_needs_leaves_the_event_undelivered(
+    client: TestClient,
+) -> None:
+    sub_id = await created_id(client, events=["ContactCreate"])
+    revoked = await client.post(
+        f"/v1/subscribers/{sub_id}/grants", json={"remove": ["contacts.readonly"]}, headers=ADMIN
+    )
+    assert revoked.status == 200, await revoked.text()
+    verdict = await (
+        await client.get(
+            f"/v1/subscribers/{sub_id}/explain", params={"event": "ContactCreate"}, headers=ADMIN
+        )
+    ).json()
+    assert verdict["reasons"] == ["missing scope contacts.readonly"]
+
+
+def _ecma_matches(pattern: str) -> Callable[[str], bool]:
+    """`pattern` as a JSON Schema validator (ECMA-262 regex), the way clients read it."""
+    jsonschema_rs = pytest.importorskip("jsonschema_rs")
+    return jsonschema_rs.validator_for({"type": "string", "pattern": pattern}).is_valid
+
+
+def test_documented_url_pattern_read_as_ecma_agrees_with_the_server() -> None:
+    matches = _ecma_matches(URL_PATTERN)
+    refused = [
+        *UNICODE_LOOPBACK,
+        *OTHER_NON_ASCII,
+        *NUMERIC_SPELLINGS,
+        *IPV6_SPELLINGS,
+        *OTHER_ODD_HOSTS,
+        *MALFORMED,
+        "0",
+    ]
+    accepted = [given for given, _ in CANONICAL] + [stored for _, stored in CANONICAL]
+    for url in refused + accepted:
+        assert matches(url) is (url_shape_refusal(url) is None), url
+
+
+@pytest.mark.parametrize("text", ["app", "crm sync", " app", "app ", "\u00a0", *CONTROL_TEXT])
+def test_documented_name_pattern_read_as_ecma_agrees_with_the_server(text: str) -> None:
+    try:
+        TypeAdapter(Name).validate_python(text)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert _ecma_matches(NAME_PATTERN)(text) is accepted
