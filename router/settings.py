@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from yarl import URL
 
 DEFAULT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 10800.0, 21600.0)
 # A bootstrap token holds every scope: one short enough to guess is no protection.
@@ -125,6 +126,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="debug, info, warning or error."
     )
+    public_urls: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        default=None,
+        description="Base URLs this router is reachable under (comma-separated, e.g. behind "
+        "a load balancer); subscriber URLs with their origin are refused.",
+    )
 
     @field_validator("retry_schedule", mode="before")
     @classmethod
@@ -153,6 +159,22 @@ class Settings(BaseSettings):
         if len(token) < MIN_ADMIN_TOKEN:
             raise ValueError(f"must be at least {MIN_ADMIN_TOKEN} characters long")
         return value
+
+    @field_validator("public_urls", mode="before")
+    @classmethod
+    def _parse_public_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if value is None or not value:
+            return None
+        for url in value:
+            try:
+                parsed = URL(str(url))
+            except ValueError:
+                parsed = URL()
+            if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+                raise ValueError(f"{url!r} is not an absolute http(s) URL")
+        return tuple(value)
 
     @field_validator("catalog_path", "catalog_overlay")
     @classmethod

@@ -264,7 +264,8 @@ class SubscriberStore:
         *,
         check: Check | None = None,
     ) -> Subscriber | None:
-        """Grant the scopes in `add` and revoke those in `remove`, atomically with the index.
+        """Grant the scopes in `add` and revoke those in `remove`, atomically with the index;
+        a scope in both ends up revoked, and revoking every scope is allowed.
 
         Returns the updated subscriber or None if unknown; `check` as in `update`.
         """

@@ -331,10 +331,10 @@ async def test_delete_removes_the_key_and_its_token(
     assert listing["items"] == []
 
 
-async def test_a_key_holding_write_api_keys_can_manage_keys(
+async def test_a_key_holding_write_api_keys_can_mint_keys_with_scopes_it_holds(
     client: TestClient, admin_headers: dict[str, str]
 ) -> None:
-    manager = (await create_key(client, admin_headers, "write_api_keys"))["token"]
+    manager = (await create_key(client, admin_headers, "write_api_keys", "read_events"))["token"]
     resp = await client.post(
         "/v1/api-keys", json={"name": "minted", "scopes": ["read_events"]}, headers=bearer(manager)
     )

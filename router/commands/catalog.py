@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from router.core.text import escape, json_text
 from subscriptions.catalog import Catalog, CatalogData, CatalogError, load_catalog
 from subscriptions.catalog_parser import parse_markdown
 
@@ -57,9 +57,9 @@ def import_table(args: argparse.Namespace) -> int:
         # Building the catalog proves the printed file will load as ROUTER_CATALOG.
         catalog = Catalog(CatalogData.model_validate(data))
     except CatalogError as exc:
-        print(f"error: {path}: {exc}", file=sys.stderr)
+        print(f"error: {path}: {escape(str(exc))}", file=sys.stderr)
         return 2
-    print(json.dumps(catalog.to_data(), indent=2, ensure_ascii=False))
+    print(json_text(catalog.to_data()))
     return 0
 
 
@@ -71,27 +71,32 @@ def show_catalog(args: argparse.Namespace) -> int:
         settings = load_settings()
         catalog = load_catalog(settings.catalog_path, settings.catalog_overlay)
     except (SettingsError, CatalogError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(catalog.to_data(), indent=2, ensure_ascii=False))
+        print(json_text(catalog.to_data()))
     else:
         print(render(catalog))
     return 0
 
 
 def render(catalog: Catalog) -> str:
-    """The catalog as aligned text: one line per scope, then aliases, then the counts."""
+    """The catalog as aligned text (control characters escaped): one line per scope, then
+    aliases, then the counts."""
     rows = [("SCOPE", "ACCESS", "ENDPOINTS", "EVENTS")]
     for entry in catalog.scopes.values():
         access = ", ".join(entry.access) or "-"
-        rows.append((entry.name, access, str(len(entry.endpoints)), ", ".join(entry.events)))
+        rows.append(
+            (escape(entry.name), access, str(len(entry.endpoints)), escape(", ".join(entry.events)))
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
-    lines = [f"Scope catalog {catalog.version}", ""]
+    lines = [f"Scope catalog {escape(catalog.version)}", ""]
     for name, access, endpoints, events in rows:
         line = f"{name:<{widths[0]}}  {access:<{widths[1]}}  {endpoints:>{widths[2]}}  {events}"
         lines.append(line.rstrip())
     lines += ["", "Aliases (payload type -> event):"]
-    lines += [f"  {alias} -> {event}" for alias, event in catalog.aliases.items()] or ["  none"]
+    lines += [
+        f"  {escape(alias)} -> {escape(event)}" for alias, event in catalog.aliases.items()
+    ] or ["  none"]
     lines += ["", str(catalog.counts())]
     return "\n".join(lines)

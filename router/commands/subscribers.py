@@ -2,7 +2,9 @@
 
 Also home of the small operator-API client the HTTP-backed command groups share
 (`router.commands.api_keys` uses it): connection options, one request per command, error
-envelopes turned into `error: <message>` lines, and aligned tables.
+envelopes turned into `error: <message>` lines, and aligned tables. Whatever the service
+answers is printed with its control characters escaped (`router.text.escape`), so a stored
+name cannot drive the operator's terminal.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+
+from router.core.text import escape, json_text
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 REQUEST_TIMEOUT = 30.0
@@ -63,15 +67,15 @@ def path_segment(value: str) -> str:
 
 
 def error_lines(status: int, body: bytes) -> list[str]:
-    """The `error: …` lines for a failed response: one per envelope item."""
+    """The `error: …` lines for a failed response: one per envelope item, escaped."""
     try:
         items = json.loads(body)["errors"]
         lines = []
         for item in items:
-            line = f"error: {item['message']}"
+            line = f"error: {escape(str(item['message']))}"
             required = item.get("extensions", {}).get("requiredScope")
             if required:
-                line += f" (required scope: {required})"
+                line += f" (required scope: {escape(str(required))})"
             lines.append(line)
     except (ValueError, KeyError, TypeError, AttributeError):
         return [f"error: HTTP {status}"]
@@ -130,23 +134,24 @@ def run_request(
             print(line, file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(json_text(data))
     else:
         print(render(data))
     return 0
 
 
 def cell(value: Any) -> str:
-    """A JSON value as table text: lists comma-joined, null as `-`."""
+    """A JSON value as table text, control characters escaped: lists comma-joined, null as
+    `-`."""
     if value is None:
         return "-"
     if isinstance(value, list):
         if all(isinstance(v, str | int | float) for v in value):
-            return ", ".join(str(v) for v in value) or "-"
-        return json.dumps(value, ensure_ascii=False)
+            return escape(", ".join(str(v) for v in value)) or "-"
+        return escape(json.dumps(value, ensure_ascii=False))
     if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
+        return escape(json.dumps(value, ensure_ascii=False))
+    return escape(str(value))
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
@@ -162,9 +167,10 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
 
 def record(data: dict[str, Any]) -> str:
     """One resource as aligned `field  value` lines, in the response's field order."""
-    width = max((len(field) for field in data), default=0)
+    fields = {escape(str(field)): value for field, value in data.items()}
+    width = max((len(field) for field in fields), default=0)
     return "\n".join(
-        f"{field.ljust(width)}  {cell(value)}".rstrip() for field, value in data.items()
+        f"{field.ljust(width)}  {cell(value)}".rstrip() for field, value in fields.items()
     )
 
 
@@ -174,7 +180,7 @@ def page(columns: Sequence[tuple[str, str]]) -> Renderer:
     def render(data: dict[str, Any]) -> str:
         text = table(data["items"], columns)
         if data.get("next_cursor"):
-            text += f"\n\nmore: repeat with --cursor {data['next_cursor']}"
+            text += f"\n\nmore: repeat with --cursor {escape(str(data['next_cursor']))}"
         return text
 
     return render

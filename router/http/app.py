@@ -66,7 +66,7 @@ def create_app(
     app[REFUSALS] = RefusalMonitor()
     for resource in RESOURCES:
         resource.add_routes(app)
-    app[OPENAPI] = orjson.dumps(build_openapi(RESOURCES))
+    app[OPENAPI] = orjson.dumps(build_openapi(RESOURCES, services.catalog))
     if run_workers:
         app.cleanup_ctx.append(_workers(services))
     # First in, last out: Redis closes only after the workers have stopped.

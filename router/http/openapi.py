@@ -4,6 +4,10 @@ Nothing here is written by hand: paths, parameters, bodies and responses come fr
 `Operation` (router/operations.py), schemas from its pydantic models, and every error
 response from `ErrorEnvelope` (router/errors.py). A route that is served is documented,
 because both come from the same `RESOURCES`.
+
+Each app serves the document of its own scope catalog: a field marked with `catalog_names`
+(a platform scope, an event name) is listed with the catalog's names as its `enum`, so a
+client generated from the document cannot build a name the server would refuse.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from router.core.text import JsonSchemaExtra
 from router.http.errors import ErrorEnvelope
 from router.http.operations import Operation, Resource
+from subscriptions.catalog import Catalog, load_catalog
 
 OPENAPI_VERSION = "3.1.0"
 TITLE = "webhook-router"
@@ -30,16 +36,28 @@ SECURITY_SCHEME = "bearerAuth"
 _PATH_PARAM = re.compile(r"\{([^{}:]+)(?::[^{}]*)?\}")
 
 JsonMode = Literal["validation", "serialization"]
+CatalogNames = Literal["scopes", "events", "events and aliases"]
+
+_CATALOG_NAMES = "x-catalog-names"  # replaced by the catalog's names; never served
 
 
-def build_openapi(resources: Iterable[Resource]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document for every operation of `resources`.
+def catalog_names(kind: CatalogNames) -> JsonSchemaExtra:
+    """Marks a string as one of the catalog's names (for `Annotated`): its scopes, its
+    events, or its events and payload-type aliases. The document lists them as the `enum`;
+    the handler checks the same catalog."""
+    return JsonSchemaExtra(((_CATALOG_NAMES, kind),))
+
+
+def build_openapi(resources: Iterable[Resource], catalog: Catalog | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for every operation of `resources`, naming the scopes and
+    events of `catalog` (default: the shipped one) wherever one is taken.
 
     Raises ValueError if two handlers share a name (operationIds must be unique).
     """
     resource_list = list(resources)
     operations = [op for r in resource_list for op in r.operations]
     refs, schemas = _schemas(operations)
+    _list_catalog_names(schemas, catalog or load_catalog())
     paths: dict[str, dict[str, Any]] = {}
     seen_ids: set[str] = set()
     for op in operations:
@@ -81,6 +99,24 @@ def _schemas(
                 wanted[(model, mode)] = None
     refs, top = models_json_schema(list(wanted), ref_template=REF_TEMPLATE)
     return refs, top.get("$defs", {})
+
+
+def _list_catalog_names(node: Any, catalog: Catalog) -> None:
+    """Turn every `catalog_names` mark under `node` into the catalog's names, in place."""
+    if isinstance(node, dict):
+        kind = node.pop(_CATALOG_NAMES, None)
+        if kind is not None:
+            events = sorted(catalog.event_names())
+            node["enum"] = {
+                "scopes": list(catalog.scopes),
+                "events": events,
+                "events and aliases": sorted({*events, *catalog.aliases}),
+            }[kind]
+        for value in node.values():
+            _list_catalog_names(value, catalog)
+    elif isinstance(node, list):
+        for value in node:
+            _list_catalog_names(value, catalog)
 
 
 def _component(ref: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ import aiohttp
 
 from router.core.outcome import AttemptResult
 from router.core.retry import parse_retry_after
+from router.core.targets import literal_host_refusal
+from router.pipeline.targets import GuardedResolver, TargetRefused
 from router.settings import Settings
-from router.ssrf import GuardedResolver, TargetRefused, literal_host_refusal
 
 RESPONSE_BODY_LIMIT = 4096
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
@@ -29,6 +29,9 @@ from router.storage.keys import RouterKeys
 from subscriptions.ids import new_id, now_ms
 
 TOKEN_PREFIX = "wrk_"
+
+# Sees a key's stored record inside the transaction that changes it; raises to refuse.
+KeyCheck = Callable[["ApiKey"], None]
 
 
 class ApiKey(BaseModel):
@@ -132,17 +135,21 @@ class Keyring:
         next_cursor = page[-1].decode() if len(ids) > limit else None
         return items, next_cursor
 
-    async def update_scopes(self, key_id: str, scopes: Iterable[str]) -> ApiKey | None:
+    async def update_scopes(
+        self, key_id: str, scopes: Iterable[str], *, check: KeyCheck | None = None
+    ) -> ApiKey | None:
         """Set the key's current scopes; None if it does not exist.
 
         The live token keeps the scopes it was issued with until `regenerate`.
-        Raises ValueError like `create` on bad scopes.
+        Raises ValueError like `create` on bad scopes. `check` sees the stored record in the
+        same transaction as the change (so the record cannot change in between) and may
+        raise to refuse it; the exception propagates and nothing is written.
         """
         checked = _checked_scopes(scopes)
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    current = await self._watch(pipe, key_id)
+                    current = await self._watch(pipe, key_id, check)
                     if current is None:
                         return None
                     key = current.model_copy(update={"scopes": checked, "updated_at": now_ms()})
@@ -153,14 +160,16 @@ class Keyring:
                 except WatchError:
                     continue
 
-    async def regenerate(self, key_id: str) -> tuple[ApiKey, str] | None:
+    async def regenerate(
+        self, key_id: str, *, check: KeyCheck | None = None
+    ) -> tuple[ApiKey, str] | None:
         """A new token carrying the key's current scopes; the old token stops working in the
-        same transaction. None if the key does not exist."""
+        same transaction. None if the key does not exist; `check` as in `update_scopes`."""
         token = _new_token()
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    current = await self._watch(pipe, key_id)
+                    current = await self._watch(pipe, key_id, check)
                     if current is None:
                         return None
                     key = current.model_copy(
@@ -179,12 +188,13 @@ class Keyring:
                 except WatchError:
                     continue
 
-    async def delete(self, key_id: str) -> bool:
-        """Remove the key and its token, atomically; False if it did not exist."""
+    async def delete(self, key_id: str, *, check: KeyCheck | None = None) -> bool:
+        """Remove the key and its token, atomically; False if it did not exist. `check` as
+        in `update_scopes`."""
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    current = await self._watch(pipe, key_id)
+                    current = await self._watch(pipe, key_id, check)
                     if current is None:
                         return False
                     pipe.multi()
@@ -196,14 +206,20 @@ class Keyring:
                 except WatchError:
                     continue
 
-    async def _watch(self, pipe: Pipeline, key_id: str) -> ApiKey | None:
-        """Watch the records hash, then read one record (immediate mode, before MULTI)."""
+    async def _watch(
+        self, pipe: Pipeline, key_id: str, check: KeyCheck | None = None
+    ) -> ApiKey | None:
+        """Watch the records hash, then read one record (immediate mode, before MULTI) and
+        pass it to `check`, which may raise to refuse the change."""
         await pipe.watch(self.keys.api_keys)
         raw = await pipe.hget(self.keys.api_keys, key_id)
         if raw is None:
             await pipe.unwatch()
             return None
-        return ApiKey.model_validate_json(raw)
+        key = ApiKey.model_validate_json(raw)
+        if check is not None:
+            check(key)
+        return key
 
     def _queue_save(self, pipe: Pipeline, key: ApiKey) -> None:
         pipe.hset(self.keys.api_keys, key.id, key.model_dump_json())

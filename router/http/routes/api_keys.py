@@ -3,21 +3,29 @@
 Every operation needs `write_api_keys`, reads included: whoever can see keys can mint them.
 A key's token carries the scopes it was issued with; `PATCH` changes the key's scopes only,
 and they reach a token through `POST /v1/api-keys/{id}/regenerate` (the seed's rule).
+
+A caller can never end up holding, or handing out, more than its own token holds: it may
+give a key only scopes its token holds, and may change, regenerate or delete only keys
+whose scopes and token scopes its token holds (regenerating shows the new token, so a
+stronger key's regeneration would hand it over). Anything else is 403 `INSUFFICIENT_SCOPES`
+naming the first scope the caller lacks. The admin token holds every scope.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
+from router.core.text import Name
 from router.http.auth import OPERATOR_SCOPES, PRINCIPAL, Principal
 from router.http.context import KEYRING
-from router.http.errors import not_found
+from router.http.errors import insufficient_scopes, not_found
 from router.http.operations import Resource
-from router.storage.keyring import ApiKey
+from router.storage.keyring import ApiKey, KeyCheck
 from subscriptions.ids import rfc3339
 
 log = logging.getLogger("router.api.api_keys")
@@ -35,14 +43,18 @@ def _known_scope(value: object) -> object:
 OperatorScope = Annotated[Literal[OPERATOR_SCOPES], BeforeValidator(_known_scope)]
 ScopeList = Annotated[
     list[OperatorScope],
-    Field(min_length=1, description="Operator scopes; duplicates are ignored."),
+    Field(
+        min_length=1,
+        max_length=100,
+        description="Operator scopes; duplicates are ignored. Each must be held by the "
+        "caller's token.",
+    ),
 ]
-KeyName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: KeyName
+    name: Name
     scopes: ScopeList
 
 
@@ -88,7 +100,9 @@ class ApiKeyRegenerated(BaseModel):
 class PageQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
     limit: int = Field(default=50, ge=1, le=100)
-    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page")
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+        default=None, description="`next_cursor` of the previous page"
+    )
 
 
 def _view(key: ApiKey) -> ApiKeyView:
@@ -107,6 +121,24 @@ def _actor(request: web.Request) -> str:
     return principal.key_id or "admin"
 
 
+def _require_held(request: web.Request, scopes: Iterable[str]) -> None:
+    """403 naming the first of `scopes` the caller's token does not hold."""
+    held = request[PRINCIPAL].scopes
+    missing = next((scope for scope in scopes if scope not in held), None)
+    if missing is not None:
+        raise insufficient_scopes(missing)
+
+
+def _no_stronger_than_caller(request: web.Request) -> KeyCheck:
+    """Refuses (403) to act on a key holding, or whose token holds, a scope the caller's
+    token lacks. Run by the keyring on the stored record, in the changing transaction."""
+
+    def check(key: ApiKey) -> None:
+        _require_held(request, [*key.scopes, *key.token_scopes])
+
+    return check
+
+
 def _key_id(request: web.Request) -> str:
     return request.match_info["id"]
 
@@ -121,6 +153,7 @@ def _key_id(request: web.Request) -> str:
     errors=(422,),
 )
 async def create_api_key(request: web.Request, body: ApiKeyCreate) -> ApiKeyCreated:
+    _require_held(request, body.scopes)
     key, token = await request.app[KEYRING].create(body.name, body.scopes)
     log.info("api key %s created by %s with scopes %s", key.id, _actor(request), key.scopes)
     return ApiKeyCreated(
@@ -168,7 +201,10 @@ async def get_api_key(request: web.Request) -> ApiKeyView:
     errors=(404, 422),
 )
 async def update_api_key(request: web.Request, body: ApiKeyScopesUpdate) -> ApiKeyView:
-    key = await request.app[KEYRING].update_scopes(_key_id(request), body.scopes)
+    _require_held(request, body.scopes)
+    key = await request.app[KEYRING].update_scopes(
+        _key_id(request), body.scopes, check=_no_stronger_than_caller(request)
+    )
     if key is None:
         raise not_found("API key")
     log.info("api key %s scopes set to %s by %s", key.id, key.scopes, _actor(request))
@@ -183,7 +219,9 @@ async def update_api_key(request: web.Request, body: ApiKeyScopesUpdate) -> ApiK
     errors=(404,),
 )
 async def regenerate_api_key(request: web.Request) -> ApiKeyRegenerated:
-    result = await request.app[KEYRING].regenerate(_key_id(request))
+    result = await request.app[KEYRING].regenerate(
+        _key_id(request), check=_no_stronger_than_caller(request)
+    )
     if result is None:
         raise not_found("API key")
     key, token = result
@@ -199,7 +237,9 @@ async def regenerate_api_key(request: web.Request) -> ApiKeyRegenerated:
     errors=(404,),
 )
 async def delete_api_key(request: web.Request) -> web.Response:
-    if not await request.app[KEYRING].delete(_key_id(request)):
+    if not await request.app[KEYRING].delete(
+        _key_id(request), check=_no_stronger_than_caller(request)
+    ):
         raise not_found("API key")
     log.info("api key %s deleted by %s", _key_id(request), _actor(request))
     return web.Response(status=204)

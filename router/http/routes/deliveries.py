@@ -75,9 +75,9 @@ class DeliveryList(BaseModel):
 
 class DeliveryQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    subscriber_id: str | None = None
+    subscriber_id: str | None = Field(default=None, max_length=200)
     status: DeliveryStatus | None = None
-    event: str | None = None
+    event: str | None = Field(default=None, max_length=200)
     limit: int = Field(default=50, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=200)
 

@@ -1,35 +1,58 @@
 """The subscriber registry: apps that receive events, their grants, secrets and restrictions.
 
-Shape checks (lengths, types, unknown fields, secret format) are the request models'; checks
-that need the catalog or the network (scope and event names, the SSRF guard) run in the
-handlers and report every problem at once, each naming its field.
+Shape checks (lengths, types, unknown fields, control characters, secret format) are the
+request models'; checks that need the catalog or the network (scope and event names, the URL
+rule and the SSRF guard) run in the handlers and report every problem at once, each naming its
+field. Both are stated in the OpenAPI document (catalog names as enums, the URL rule as a
+pattern), so a request built from the document is refused only when its URL's host resolves to
+a refused address or to the router itself.
+
+Rules that tie fields together are kept only where safety needs them: an event filter may name
+an event whose scope is not granted (it is simply not delivered until the scope is, and
+`explain` says "missing scope"), so revoking a scope is always possible.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from router.core.targets import URL_PATTERN, canonical_url
+from router.core.text import Name, Token, documented_pattern
 from router.http.context import CATALOG, SETTINGS, SUBSCRIBERS
 from router.http.errors import bad_request, conflict, not_found, validation_failed
+from router.http.openapi import catalog_names
 from router.http.operations import Resource, render
-from router.ssrf import url_refusal
+from router.pipeline.targets import OwnAddress, url_refusal
+from router.settings import Settings
 from subscriptions.catalog import Catalog
 from subscriptions.explain import Verdict
 from subscriptions.ids import rfc3339
 from subscriptions.models import Subscriber, SubscriberStatus
-from subscriptions.store import Check, StaleVersion
+from subscriptions.store import StaleVersion
 
 resource = Resource("subscribers")
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048)]
-Token = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+MAX_SCOPES = 100
+MAX_EVENTS = 200
+MAX_LOCATIONS = 1000
+MAX_GRANT_CHANGES = 100
+
+# Checked by the handlers (`url_refusal` ends with this pattern), so that a bad URL is
+# reported together with the request's other problems.
+Url = Annotated[str, StringConstraints(max_length=2048), documented_pattern(URL_PATTERN)]
+_URL = (
+    "Absolute http(s) URL that receives deliveries: ASCII (an international host in punycode), "
+    "no credentials or fragment; stored as the HTTP client will send it"
+)
+ScopeName = Annotated[Token, catalog_names("scopes")]
+EventName = Annotated[Token, catalog_names("events")]
+EventOrAlias = Annotated[Token, catalog_names("events and aliases")]
+QueryText = Annotated[str, StringConstraints(max_length=200)]
 Problems = list[tuple[str, str]]
 
 _SECRET_RULE = "must be whsec_ followed by the base64 of 24 to 64 bytes"
@@ -56,16 +79,21 @@ def _check_secret(value: str | None) -> str | None:
     return value
 
 
+_EVENTS = "Only these events; one whose scope is not granted is not delivered until it is granted"
+
+
 class SubscriberCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
-    url: Url = Field(description="Absolute http(s) URL that receives deliveries")
-    scopes: list[Token] = Field(min_length=1, description="Catalog scopes granted to the app")
-    events: list[Token] | None = Field(
-        default=None, description="Only these events (each unlocked by a granted scope)"
+    url: Url = Field(description=_URL)
+    scopes: list[ScopeName] = Field(
+        min_length=1, max_length=MAX_SCOPES, description="Catalog scopes granted to the app"
     )
-    location_ids: list[Token] | None = Field(default=None, description="Bind to these locations")
+    events: list[EventName] | None = Field(default=None, max_length=MAX_EVENTS, description=_EVENTS)
+    location_ids: list[Token] | None = Field(
+        default=None, max_length=MAX_LOCATIONS, description="Bind to these locations"
+    )
     company_id: Token | None = Field(default=None, description="Bind to this company")
     secret: str | None = Field(
         default=None,
@@ -89,12 +117,14 @@ class SubscriberPatch(BaseModel):
     # None default only marks absence (pydantic does not validate defaults) and is left out
     # of the schema, which would otherwise contradict the type.
     name: Name = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
-    url: Url = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
-    scopes: list[Token] = Field(  # type: ignore[assignment]
-        default=None, min_length=1, json_schema_extra=_no_default
+    url: Url = Field(  # type: ignore[assignment]
+        default=None, description=_URL, json_schema_extra=_no_default
     )
-    events: list[Token] | None = None
-    location_ids: list[Token] | None = None
+    scopes: list[ScopeName] = Field(  # type: ignore[assignment]
+        default=None, min_length=1, max_length=MAX_SCOPES, json_schema_extra=_no_default
+    )
+    events: list[EventName] | None = Field(default=None, max_length=MAX_EVENTS, description=_EVENTS)
+    location_ids: list[Token] | None = Field(default=None, max_length=MAX_LOCATIONS)
     company_id: Token | None = None
     status: Literal["active", "paused"] = Field(  # type: ignore[assignment]
         default=None,
@@ -104,27 +134,33 @@ class SubscriberPatch(BaseModel):
 
 
 class GrantsChange(BaseModel):
+    """Scopes to grant and to revoke; a scope named in both ends up revoked."""
+
     model_config = ConfigDict(extra="forbid")
 
-    add: list[Token] = Field(default_factory=list)
-    remove: list[Token] = Field(default_factory=list)
+    add: list[ScopeName] = Field(default_factory=list, max_length=MAX_GRANT_CHANGES)
+    remove: list[ScopeName] = Field(
+        default_factory=list,
+        max_length=MAX_GRANT_CHANGES,
+        description="Revoked after `add` is applied; revoking the last scope is allowed",
+    )
 
 
 class ListQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     limit: int = Field(default=50, ge=1, le=100)
-    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page")
-    scope: str | None = Field(default=None, description="Only holders of this scope")
+    cursor: QueryText | None = Field(default=None, description="`next_cursor` of the previous page")
+    scope: ScopeName | None = Field(default=None, description="Only holders of this scope")
     status: SubscriberStatus | None = None
 
 
 class ExplainQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    event: Token = Field(description="Event name or payload type, e.g. ContactCreate")
-    location_id: str | None = None
-    company_id: str | None = None
+    event: EventOrAlias = Field(description="Event name or payload type, e.g. ContactCreate")
+    location_id: QueryText | None = None
+    company_id: QueryText | None = None
 
 
 class SecretView(BaseModel):
@@ -226,48 +262,32 @@ def scope_problems(catalog: Catalog, field: str, scopes: list[str]) -> Problems:
     ]
 
 
-def event_problems(catalog: Catalog, scopes: list[str], events: list[str] | None) -> Problems:
-    """Events that are unknown, or that none of `scopes` unlocks (naming the scope needed)."""
+def event_problems(catalog: Catalog, events: list[str] | None) -> Problems:
+    """Events the catalog does not know (a payload-type alias is named as such)."""
     problems: Problems = []
     for i, event in enumerate(events or ()):
-        required = catalog.required_scope(event)
-        if required is None:
+        if catalog.required_scope(event) is None:
             target = catalog.event_for_payload_type(event)
             hint = f" (it is a payload type of {target!r})" if target != event else ""
             problems.append((f"events.{i}", f"unknown event {event!r}{hint}"))
-        elif required not in scopes:
-            problems.append(
-                (f"events.{i}", f"event {event!r} needs scope {required!r}, which is not granted")
-            )
     return problems
 
 
-def grant_problems(catalog: Catalog, sub: Subscriber) -> Problems:
-    """What is wrong with a subscriber's grants as a whole (after a change)."""
-    if not sub.scopes:
-        return [("scopes", "a subscriber must hold at least one scope")]
-    return scope_problems(catalog, "scopes", sub.scopes) + event_problems(
-        catalog, sub.scopes, sub.events
-    )
+def own_address(settings: Settings) -> OwnAddress:
+    """Where the router serving with `settings` can be reached (subscribers may not point
+    there)."""
+    return OwnAddress(settings.host, settings.port, settings.public_urls or ())
 
 
 async def url_problems(request: web.Request, url: str) -> Problems:
-    reason = await url_refusal(url, request.app[SETTINGS].allow_private_targets)
+    settings = request.app[SETTINGS]
+    reason = await url_refusal(url, settings.allow_private_targets, own_address(settings))
     return [] if reason is None else [("url", reason)]
 
 
 def _refuse(problems: Problems) -> None:
     if problems:
         raise validation_failed(problems)
-
-
-def _checked_by(catalog: Catalog, problems: Sequence[tuple[str, str]] = ()) -> Check:
-    """A store check refusing the resulting subscriber with `problems` and its grant problems."""
-
-    def check(sub: Subscriber) -> None:
-        _refuse([*problems, *grant_problems(catalog, sub)])
-
-    return check
 
 
 def _subscriber_id(request: web.Request) -> str:
@@ -288,9 +308,11 @@ async def create_subscriber(request: web.Request, body: SubscriberCreate) -> web
     _refuse(
         await url_problems(request, body.url)
         + scope_problems(catalog, "scopes", body.scopes)
-        + event_problems(catalog, body.scopes, body.events)
+        + event_problems(catalog, body.events)
     )
-    sub = await request.app[SUBSCRIBERS].create(**body.model_dump())
+    fields = body.model_dump()
+    fields["url"] = canonical_url(body.url)
+    sub = await request.app[SUBSCRIBERS].create(**fields)
     return render(SubscriberCreated(**_base(sub), secret=sub.secret), 201, _etag(sub))
 
 
@@ -341,15 +363,17 @@ async def patch_subscriber(request: web.Request, body: SubscriberPatch) -> web.R
         for field in ("name", "url", "scopes", "status")
         if field in changes and changes[field] is None
     ]
+    if changes.get("url") is not None:
+        problems += await url_problems(request, changes["url"])
+    if changes.get("scopes") is not None:
+        problems += scope_problems(catalog, "scopes", changes["scopes"])
+    problems += event_problems(catalog, changes.get("events"))
     _refuse(problems)
-    # Reported with the resulting subscriber's problems, so one response lists them all.
-    url = [] if "url" not in changes else await url_problems(request, changes["url"])
+    if "url" in changes:
+        changes["url"] = canonical_url(changes["url"])
     try:
         sub = await request.app[SUBSCRIBERS].update(
-            _subscriber_id(request),
-            changes,
-            expected_version=_if_match(request),
-            check=_checked_by(catalog, url),
+            _subscriber_id(request), changes, expected_version=_if_match(request)
         )
     except StaleVersion:
         raise conflict("The subscriber changed since the version in If-Match") from None
@@ -387,18 +411,11 @@ async def delete_subscriber(request: web.Request) -> web.Response:
 )
 async def change_grants(request: web.Request, body: GrantsChange) -> web.Response:
     catalog = request.app[CATALOG]
-    both = set(body.add) & set(body.remove)
     _refuse(
-        scope_problems(catalog, "add", body.add)
-        + scope_problems(catalog, "remove", body.remove)
-        + [
-            (f"remove.{i}", f"scope {scope!r} is also in add")
-            for i, scope in enumerate(body.remove)
-            if scope in both
-        ]
+        scope_problems(catalog, "add", body.add) + scope_problems(catalog, "remove", body.remove)
     )
     sub = await request.app[SUBSCRIBERS].change_grants(
-        _subscriber_id(request), body.add, body.remove, check=_checked_by(catalog)
+        _subscriber_id(request), body.add, body.remove
     )
     if sub is None:
         raise not_found("Subscriber")
@@ -430,6 +447,9 @@ async def rotate_secret(request: web.Request) -> web.Response:
     errors=(404, 422),
 )
 async def explain_subscriber(request: web.Request, query: ExplainQuery) -> Verdict:
+    catalog = request.app[CATALOG]
+    if catalog.required_scope(catalog.event_for_payload_type(query.event)) is None:
+        raise validation_failed([("event", f"unknown event {query.event!r}")])
     verdict = await request.app[SUBSCRIBERS].explain(
         query.event, query.location_id, query.company_id, _subscriber_id(request)
     )
