@@ -66,16 +66,19 @@ async def ingest(request: web.Request) -> web.Response:
     return web.Response(status=202, body=orjson.dumps(body), content_type="application/json")
 
 
+LOOP = web.AppKey("loop", str)
+
+
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "loop": request.app[LOOP]})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    use_uvloop()
     app = web.Application()
+    app[LOOP] = use_uvloop()
     app.router.add_post("/webhooks", ingest)
     app.router.add_get("/healthz", healthz)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
