@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import contextlib
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
+from bench import wrk
 from bench.harness import Bench
+from bench.redis_server import describe, own_redis
 from bench.report import RESULTS, machine_info, markdown_table, render_markdown
 from bench.scenarios import SCENARIOS
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,12 +31,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{letters[0]}-{letters[-1]} of the benchmark issue). Starts the router with its real "
         "CLI, a receiver process, a load generator process and the baselines; prints a table "
         "and writes bench/results/<timestamp>.json and .md and bench/results/latest.md. "
-        f"Redis: REDIS_URL (default {DEFAULT_REDIS_URL} when unset); each scenario uses its own "
-        "ROUTER_KEY_PREFIX and deletes its keys afterwards.",
+        "Redis: its own redis-server on a spare loopback port, with appendonly yes, "
+        "appendfsync always and no RDB snapshots (as README asks of a deployment), unless "
+        "--redis-url is given; each scenario uses its own ROUTER_KEY_PREFIX and deletes its "
+        "keys afterwards.",
         epilog="Scenarios: "
         + "; ".join(
             f"{k} {m.__doc__.splitlines()[0][3:].rstrip('.')}" for k, m in SCENARIOS.items()
-        ),
+        )
+        + ". Targets (issue 16 for A, B, C and G): A ≥ 0.90, B ≥ 0.65, C p99 ≤ 50 ms at 2,000 "
+        "events/s, D ≥ 0.90, E ≤ 1.5, G ≤ 2.",
     )
     parser.add_argument("--quick", action="store_true", help="short durations, small counts")
     parser.add_argument(
@@ -45,8 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         metavar="N",
-        help="rounds of (baseline, router) pairs in A and B, each ratio taken within its round "
-        "and the median reported (default: 3, or 1 with --quick)",
+        help="rounds of every scenario but E; where there is a baseline, each round is a "
+        "(baseline, router) pair and its ratio is taken within the round; the table gives the "
+        "medians and the spread (default: 3, or 1 with --quick)",
     )
     parser.add_argument(
         "--profile",
@@ -55,8 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--redis-url",
-        default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
-        help=f"Redis to run against (default: REDIS_URL, else {DEFAULT_REDIS_URL})",
+        help="run against this Redis instead of starting one (REDIS_URL is not used: the "
+        "benchmark's Redis must be chosen explicitly); its persistence settings are recorded",
     )
     parser.add_argument(
         "--router-env",
@@ -80,10 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def _server_info(redis_url: str) -> dict[str, Any]:
-    client = Redis.from_url(redis_url)
+async def _describe(redis_url: str) -> dict[str, Any]:
+    client = Redis.from_url(redis_url, decode_responses=True)
     try:
-        return await client.info("server")
+        return await describe(client)
     finally:
         await client.aclose()
 
@@ -91,16 +98,29 @@ async def _server_info(redis_url: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = ("python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    bench = Bench(args, args.redis_url)
-    print(f"run {bench.run_id} on {args.redis_url}; logs in {bench.logdir}", flush=True)
-    machine = machine_info(asyncio.run(_server_info(args.redis_url)))
+    logdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    with contextlib.ExitStack() as stack:
+        redis_url = args.redis_url or stack.enter_context(own_redis(logdir))
+        code = _run(args, command, redis_url, logdir)
+    if code == 0:
+        shutil.rmtree(logdir, ignore_errors=True)
+    return code
+
+
+def _run(args: argparse.Namespace, command: str, redis_url: str, logdir: Path) -> int:
+    bench = Bench(args, redis_url, logdir)
+    server = asyncio.run(_describe(redis_url))
+    own = "its own redis-server" if args.redis_url is None else "the given Redis"
+    print(f"run {bench.run_id} on {redis_url} ({own}: {server}); logs in {logdir}", flush=True)
+    machine = machine_info(server) | {"wrk": wrk.version()}
     started = time.time()
     scenarios = {letter: SCENARIOS[letter] for letter in args.only}
     report = asyncio.run(bench.run(scenarios))
     document = {
         "run_id": bench.run_id,
         "command": command,
-        "redis_url": args.redis_url,
+        "redis_url": redis_url,
+        "redis": {"own_server": args.redis_url is None, **server},
         "seconds": round(time.time() - started, 1),
         "machine": machine,
         "sizes": {k: asdict(m.QUICK if args.quick else m.FULL) for k, m in scenarios.items()},
@@ -123,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(report.rows))
     print(f"\nwrote {RESULTS / (bench.run_id + '.md')} ({document['seconds']} s)")
     if report.errors:
-        print(f"process logs kept in {bench.logdir}", file=sys.stderr)
+        print(f"process logs kept in {logdir}", file=sys.stderr)
         return 1
-    shutil.rmtree(bench.logdir, ignore_errors=True)
     return 0

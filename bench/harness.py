@@ -16,7 +16,6 @@ import secrets
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -43,15 +42,16 @@ def strip(run: dict[str, Any]) -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, redis_url: str) -> None:
+    def __init__(self, args: argparse.Namespace, redis_url: str, logdir: Path) -> None:
         self.args = args
         self.quick: bool = args.quick
         self.repeats: int = args.repeats or (1 if args.quick else 3)
         self.redis_url = redis_url
+        self.own_redis = getattr(args, "redis_url", None) is None  # started for this run
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.token = secrets.token_hex(3)
         self.admin_token = "wra_bench_" + secrets.token_hex(16)
-        self.logdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.run_id}-"))
+        self.logdir = logdir
         self.redis = Redis.from_url(redis_url, decode_responses=False)
         self.report = Report()
 
@@ -150,6 +150,12 @@ class Bench:
         """Start a receiver (bench/receiver.py); its port."""
         return (await self.server(stack, "bench.receiver", "/_bench/stats"))[1]
 
+    @contextlib.asynccontextmanager
+    async def receiving(self) -> AsyncIterator[int]:
+        """A receiver for the duration of the block; its port."""
+        with contextlib.ExitStack() as stack:
+            yield await self.receiver(stack)
+
     async def request(self, method: str, url: str, body: Any = None) -> Any:
         """One JSON request with the admin token (the receivers ignore it)."""
         headers = {"Authorization": f"Bearer {self.admin_token}"}
@@ -180,27 +186,17 @@ class Bench:
                 raise RuntimeError(f"{name} exited with {code}:\n{proc.tail()}")
         return orjson.loads(out.read_bytes())
 
-    async def loadgen(
-        self,
-        url: str,
-        *,
-        connections: int,
-        duration: float | None = None,
-        count: int | None = None,
-        rate: float | None = None,
-        record: bool = False,
-    ) -> dict[str, Any]:
-        """Run bench/loadgen.py against `url` (max rate unless `rate`)."""
+    async def loadgen(self, url: str, connections: int, **options: float | bool) -> dict[str, Any]:
+        """Run bench/loadgen.py against `url`; `options` are its own (duration, count, rate,
+        record: max rate unless `rate`)."""
         argv = [*python_module("bench.loadgen"), "--url", url, "--connections", str(connections)]
-        if duration is not None:
-            argv += ["--duration", str(duration)]
-        if count is not None:
-            argv += ["--count", str(count)]
-        if rate is not None:
-            argv += ["--rate", str(rate)]
-        if record:
-            argv.append("--record")
-        expected = duration or (count / rate if rate and count else (count or 0) / 200)
+        for name, value in options.items():
+            if value is True:
+                argv.append(f"--{name}")
+            elif value is not False:
+                argv += [f"--{name}", str(value)]
+        duration, count, rate = (options.get(k) or 0 for k in ("duration", "count", "rate"))
+        expected = duration or (count / rate if rate else count / 200)
         return await self.run_process("loadgen", argv, timeout=expected + 120)
 
     # ------------------------------------------------------------------ subscribers and work
@@ -282,6 +278,34 @@ class Bench:
                     "redis_cpu": per_unit(redis_cpu, await self.redis_cpu(), done),
                     "rss": first.rss_bytes(),
                 }
+
+    async def fixed_rate(
+        self,
+        name: str,
+        port: int,
+        urls: list[str],
+        rate: float,
+        seconds: float,
+        healthy: int,
+        connections: int = 256,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Start `serve` on a fresh prefix with one subscriber per URL, offer `rate` events/s
+        for `seconds` with the send and 202 times recorded, and wait until the receiver on
+        `port` has recorded `healthy` arrivals per accepted event (or none came for 20 s).
+        Returns the load generator's report, the receiver's stats and its arrivals."""
+        await self.receiver_reset(port)
+        async with self.keyspace(name) as (prefix, stack):
+            _, api = await self.serve(stack, f"serve-{name}", prefix, "serve")
+            await self.register(api, urls)
+            load = await self.loadgen(
+                f"{api}/webhooks",
+                connections=connections,
+                duration=seconds,
+                rate=rate,
+                record=True,
+            )
+            stats = await self.wait_arrivals(port, load["accepted"] * healthy)
+            return load, stats, await self.receiver_arrivals(port)
 
     # ------------------------------------------------------------------ results
     @contextlib.contextmanager

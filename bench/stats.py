@@ -63,3 +63,28 @@ def arrival_rate(stats: dict[str, Any]) -> float | None:
     if not stats.get("first") or stats["count"] < 2 or stats["last"] <= stats["first"]:
         return None
     return (stats["count"] - 1) / (stats["last"] - stats["first"])
+
+
+def latencies(
+    starts: dict[str, float], arrivals: dict[str, list[Any]], paths: Iterable[str] | None = None
+) -> dict[tuple[str, str], float]:
+    """Milliseconds from each event's start (`starts`: event id -> time.time()) to the first
+    arrival of its delivery at each path (of `paths`, or all), keyed by (event id, path)."""
+    keep = None if paths is None else set(paths)
+    first: dict[tuple[str, str], float] = {}
+    for t, event_id, path in zip(
+        arrivals["t"], arrivals["event_id"], arrivals["path"], strict=True
+    ):
+        if keep is None or path in keep:
+            first.setdefault((event_id, path), t)
+    return {k: (t - starts[k[0]]) * 1e3 for k, t in first.items() if k[0] in starts}
+
+
+def distribution(values: Iterable[float]) -> dict[str, float | int | None]:
+    """Count, p50, p95, p99 and max of `values`."""
+    ordered = sorted(values)
+    return (
+        {"n": len(ordered)}
+        | {name: percentile(ordered, p) for name, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+        | {"max": ordered[-1] if ordered else None}
+    )

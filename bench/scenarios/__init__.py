@@ -12,6 +12,7 @@ from bench.scenarios import (
     d_dispatch,
     e_memory,
     f_workers,
+    g_isolation,
 )
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -21,4 +22,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "D": d_dispatch,
     "E": e_memory,
     "F": f_workers,
+    "G": g_isolation,
 }

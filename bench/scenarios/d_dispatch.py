@@ -5,21 +5,22 @@ hold an unrelated scope, so the events are routed to the same ten whatever the c
 load generator posts events at max rate into `serve`; the rate is events accepted per second
 until every delivery exists (the deliveries index holds events x 10 entries). Delivery is
 throttled to one attempt at a time (`ROUTER_WORKER_CONCURRENCY=1`) so that it does not compete
-with dispatch. The ratio compares each count with the smallest.
+with dispatch. Each round measures every count (in an order alternating between rounds) on a
+fresh prefix and `serve` process; the ratio compares each count with the smallest, within
+the round.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from bench import fixtures
 from bench.harness import Bench, strip
-from bench.report import Row
-from bench.stats import ratio
+from bench.report import rounds_row
+from bench.stats import alternating, ratio
 
 
 @dataclass(frozen=True)
@@ -31,37 +32,40 @@ class Size:
 FULL, QUICK = Size(), Size(events=1000, registered=(10, 100, 1000))
 FAN_OUT = 10
 TARGET = 0.90
+MEASUREMENT = "accepted+dispatched ev/s, 10 entitled of"
 
 
 async def run(bench: Bench, size: Size) -> None:
-    rates: dict[int, float] = {}
-    details: dict[int, Any] = {}
-    with contextlib.ExitStack() as outer:
-        port = await bench.receiver(outer)
-        for registered in size.registered:
-            details[registered] = await _measure(bench, size.events, registered, port)
-            rates[registered] = details[registered]["rate"]
-    bench.report.details["D"] = details
+    rounds: list[dict[int, Any]] = []
+    async with bench.receiving() as port:
+        for number, counts in alternating(bench.repeats, size.registered):
+            rounds.append({n: await _measure(bench, number, size.events, n, port) for n in counts})
+    bench.report.details["D"] = rounds
     low, high = size.registered[0], size.registered[-1]
     for registered in size.registered:
-        last = registered == high
-        versus = ratio(rates[registered], rates[low]) if registered != low else None
+        rates = [r[registered]["rate"] for r in rounds]
+        if registered == low:
+            bench.add(rounds_row("D", f"{MEASUREMENT} {low:,}", "ev/s", rates))
+            continue
+        judged = registered == high
         bench.add(
-            Row(
+            rounds_row(
                 "D",
-                f"accepted+dispatched ev/s, 10 entitled of {registered:,}",
-                rates[registered],
+                f"{MEASUREMENT} {registered:,}",
                 "ev/s",
-                rates[low] if registered != low else None,
-                versus,
-                f"≥ {TARGET:.2f}" if last else "",
-                (versus >= TARGET) if last and versus else None,
+                rates,
+                baselines=[r[low]["rate"] for r in rounds],
+                ratios=[ratio(r[registered]["rate"], r[low]["rate"]) for r in rounds],
+                target=f"≥ {TARGET:.2f}" if judged else "",
+                passes=(lambda x: x >= TARGET) if judged else None,
             )
         )
 
 
-async def _measure(bench: Bench, events: int, registered: int, port: int) -> dict[str, Any]:
-    async with bench.keyspace(f"d{registered}") as (prefix, stack):
+async def _measure(
+    bench: Bench, number: int, events: int, registered: int, port: int
+) -> dict[str, Any]:
+    async with bench.keyspace(f"d{number}-{registered}") as (prefix, stack):
         started = time.monotonic()
         await bench.register_unrelated(
             prefix, registered - FAN_OUT, f"http://127.0.0.1:{port}/other"
@@ -69,7 +73,7 @@ async def _measure(bench: Bench, events: int, registered: int, port: int) -> dic
         register_s = time.monotonic() - started
         # Delivery throttled to one at a time: D measures accept + dispatch.
         _, api = await bench.serve(
-            stack, f"serve-d{registered}", prefix, "serve", ROUTER_WORKER_CONCURRENCY=1
+            stack, f"serve-d{number}-{registered}", prefix, "serve", ROUTER_WORKER_CONCURRENCY=1
         )
         await bench.register(api, [f"http://127.0.0.1:{port}/d/{i}" for i in range(FAN_OUT)])
         register_s = time.monotonic() - started

@@ -2,47 +2,49 @@
 
 As B's router round (fan-out 10, events accepted first by `serve --no-workers`), but the
 events are dispatched and delivered by `worker` processes. On two cores shared with the
-receiver and Redis, a second process can add little; the row reports what it adds.
+receiver and Redis, a second process can add little; the row reports what it adds. Each
+round runs both (in an order alternating between rounds); the ratio is taken within it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
 from bench.harness import Bench
-from bench.report import Row
+from bench.report import rounds_row
 from bench.scenarios import b_fanout
 from bench.scenarios.b_fanout import FAN_OUT, Size
-from bench.stats import arrival_rate, ratio
+from bench.stats import alternating, arrival_rate, ratio
 
 FULL, QUICK = b_fanout.FULL, b_fanout.QUICK  # B's events
 
 
 async def run(bench: Bench, size: Size) -> None:
-    rates: dict[int, float] = {}
-    details: dict[int, Any] = {}
-    with contextlib.ExitStack() as stack:
-        port = await bench.receiver(stack)
+    rounds: list[dict[int, Any]] = []
+    async with bench.receiving() as port:
         urls = [f"http://127.0.0.1:{port}/f/{i}" for i in range(FAN_OUT)]
-        for workers in (1, 2):
-            details[workers] = await bench.deliver_preloaded(
-                f"f{workers}", port, urls, size.events, ["worker"] * workers
-            )
-            rates[workers] = arrival_rate(details[workers]["receiver"]) or 0.0
-    bench.report.details["F"] = details
-    bench.add(Row("F", f"deliveries/s, 1 worker process, fan-out {FAN_OUT}", rates[1], "dlv/s"))
+        for number, counts in alternating(bench.repeats, (1, 2)):
+            result = {}
+            for workers in counts:
+                result[workers] = await bench.deliver_preloaded(
+                    f"f{number}-{workers}", port, urls, size.events, ["worker"] * workers
+                )
+                result[workers]["rate"] = arrival_rate(result[workers]["receiver"])
+            rounds.append(result)
+    bench.report.details["F"] = rounds
+    one = [r[1]["rate"] for r in rounds]
+    two = [r[2]["rate"] for r in rounds]
+    bench.add(rounds_row("F", f"deliveries/s, 1 worker process, fan-out {FAN_OUT}", "dlv/s", one))
     bench.add(
-        Row(
+        rounds_row(
             "F",
             "deliveries/s, 2 worker processes",
-            rates[2],
             "dlv/s",
-            rates[1],
-            ratio(rates[2], rates[1]),
-            "report",
-            None,
-            f"{os.cpu_count()} cores shared with receiver",
+            two,
+            baselines=one,
+            ratios=[ratio(b, a) for a, b in zip(one, two, strict=True)],
+            target="report",
+            note=f"{os.cpu_count()} cores shared with the receiver and Redis",
         )
     )
