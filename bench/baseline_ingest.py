@@ -9,7 +9,7 @@ import itertools
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
 from bench.loop import use_uvloop
 
@@ -19,36 +19,40 @@ class CustomField(BaseModel):
     value: str
 
 
-class ContactCreate(BaseModel):
-    """The fields of the documented ContactCreate payload (others are kept, not checked)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    locationId: str
-    id: str
-    webhookId: str | None = None
-    timestamp: str | None = None
-    address1: str | None = None
-    city: str | None = None
-    state: str | None = None
-    companyName: str | None = None
-    country: str | None = None
-    source: str | None = None
-    dateAdded: str | None = None
-    dateOfBirth: str | None = None
-    dnd: bool | None = None
-    email: str | None = None
-    name: str | None = None
-    firstName: str | None = None
-    lastName: str | None = None
-    phone: str | None = None
-    postalCode: str | None = None
-    tags: list[str] = []
-    website: str | None = None
-    attachments: list[object] = []
-    assignedTo: str | None = None
-    customFields: list[CustomField] = []
+# The documented ContactCreate payload's optional text fields.
+_TEXT_FIELDS = (
+    "webhookId",
+    "timestamp",
+    "address1",
+    "city",
+    "state",
+    "companyName",
+    "country",
+    "source",
+    "dateAdded",
+    "dateOfBirth",
+    "email",
+    "name",
+    "firstName",
+    "lastName",
+    "phone",
+    "postalCode",
+    "website",
+    "assignedTo",
+)
+# Its fields, as a model: the documented ones checked, others kept unchecked.
+ContactCreate = create_model(
+    "ContactCreate",
+    __config__=ConfigDict(extra="allow"),
+    type=(str, ...),
+    locationId=(str, ...),
+    id=(str, ...),
+    dnd=(bool | None, None),
+    tags=(list[str], []),
+    attachments=(list[object], []),
+    customFields=(list[CustomField], []),
+    **{name: (str | None, None) for name in _TEXT_FIELDS},
+)
 
 
 _ids = itertools.count()
@@ -62,16 +66,19 @@ async def ingest(request: web.Request) -> web.Response:
     return web.Response(status=202, body=orjson.dumps(body), content_type="application/json")
 
 
+LOOP = web.AppKey("loop", str)
+
+
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "loop": request.app[LOOP]})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    use_uvloop()
     app = web.Application()
+    app[LOOP] = use_uvloop()
     app.router.add_post("/webhooks", ingest)
     app.router.add_get("/healthz", healthz)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)

@@ -2,9 +2,11 @@
 
 Two modes: max rate (as fast as the connections allow, for `--duration` seconds or until
 `--count` events) and fixed rate (`--rate` events/s, `--count` or `--duration` * rate events).
-With `--record`, the send time (time.time(), taken just before the request) of every
-accepted event is written, keyed by the `event_id` of its 202 response. The report is one
-JSON object written to `--out`.
+With `--record`, two times (time.time()) of every accepted event are written, keyed by the
+`event_id` of its 202 response: `sends`, just before the request, and `accepts`, once the 202
+has been read. At a fixed rate, `behind_ms` says how late the sends were against their
+schedule (they wait when `--connections` requests are already in flight, so a long stall of
+the server delays them). The report is one JSON object written to `--out`.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import orjson
 
 from bench.loop import use_uvloop
 from bench.payload import event_body
+from bench.stats import percentile
 
 HEADERS = {"Content-Type": "application/json"}
+PERCENTILES = {"p50": 50, "p99": 99, "max": 100}
 
 
 class Run:
@@ -32,9 +36,12 @@ class Run:
         self.next_index = 0
         self.statuses: Counter[str] = Counter()
         self.sends: dict[str, float] = {}
+        self.accepts: dict[str, float] = {}
+        self.behind: list[float] = []
         self.first_send: float | None = None
         self.last_done = 0.0
         self.errors: Counter[str] = Counter()
+        self.loop = "asyncio"
 
     def take(self) -> int | None:
         if self.args.count is not None and self.next_index >= self.args.count:
@@ -53,7 +60,9 @@ class Run:
                 raw = await resp.read()
                 self.statuses[str(resp.status)] += 1
                 if resp.status == 202 and self.args.record:
-                    self.sends[orjson.loads(raw)["event_id"]] = sent
+                    event_id = orjson.loads(raw)["event_id"]
+                    self.accepts[event_id] = time.time()
+                    self.sends[event_id] = sent
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self.errors[type(exc).__name__] += 1
         self.last_done = time.time()
@@ -83,10 +92,12 @@ class Run:
 
         start = time.perf_counter() + 0.05
         for index in range(total):
-            delay = start + index / self.args.rate - time.perf_counter()
+            due = start + index / self.args.rate
+            delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             await in_flight.acquire()
+            self.behind.append(time.perf_counter() - due)
             self.next_index = index + 1
             task = asyncio.create_task(one(index))
             tasks.add(task)
@@ -117,8 +128,19 @@ class Run:
             "last_done": self.last_done,
             "elapsed": elapsed,
             "accepted_per_s": accepted / elapsed if elapsed > 0 else 0.0,
+            "behind_ms": _behind(self.behind),
+            "loop": self.loop,
             "sends": self.sends,
+            "accepts": self.accepts,
         }
+
+
+def _behind(lags: list[float]) -> dict[str, float] | None:
+    """How late the sends of a fixed-rate run were (ms): median, p99 and max."""
+    if not lags:
+        return None
+    ordered = [lag * 1e3 for lag in sorted(lags)]
+    return {p: round(percentile(ordered, n) or 0.0, 2) for p, n in PERCENTILES.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,8 +163,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    use_uvloop()
-    report = asyncio.run(Run(args).run())
+    run = Run(args)
+    run.loop = use_uvloop()
+    report = asyncio.run(run.run())
     with open(args.out, "wb") as fh:
         fh.write(orjson.dumps(report))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 TEMPLATE_PATH = Path(__file__).with_name("contact_create.json")
 BODY_SIZE = 1024
 # Width of the per-event fields, so every body has the same length whatever its index.
-_ID_WIDTH = 24
+ID_WIDTH = 24
 
 
 def _template() -> str:
@@ -26,7 +26,7 @@ def _template() -> str:
 
 def _padded() -> str:
     text = _template()
-    sample = text.replace("@ID@", "x" * _ID_WIDTH).replace("@WID@", "x" * _ID_WIDTH)
+    sample = text.replace("@ID@", "x" * ID_WIDTH).replace("@WID@", "x" * ID_WIDTH)
     pad = BODY_SIZE - len(sample.replace("@PAD@", ""))
     return text.replace("@PAD@", "p" * max(pad, 0))
 
@@ -39,5 +39,12 @@ _MIDDLE, _, _TAIL = _REST.partition("@WID@")
 def event_body(tag: str, index: int) -> bytes:
     """The body of event `index` of a sender tagged `tag` (unique ids; BODY_SIZE bytes when
     `tag` has at most 8 characters)."""
-    ident = f"{tag}{index:016d}"[-_ID_WIDTH:].rjust(_ID_WIDTH, "0")
+    ident = f"{tag}{index:016d}"[-ID_WIDTH:].rjust(ID_WIDTH, "0")
     return f"{_HEAD}{ident}{_MIDDLE}wh{ident[2:]}{_TAIL}".encode()
+
+
+def body_parts() -> tuple[str, str, str]:
+    """The body around its two per-event fields, for generators that build bodies themselves
+    (bench/wrk.py): head + ident + middle + "wh" + ident[2:] + tail, where ident is
+    ID_WIDTH characters."""
+    return _HEAD, _MIDDLE, _TAIL
