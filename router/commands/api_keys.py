@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from router.commands.subscribers import (
+from router.commands.client import (
     add_page_options,
     connection_options,
     page,
