@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 
 from router.core.metrics import Metrics
 from router.pipeline.workers import WorkerGroup
-from router.settings import Settings
-from router.storage.client import CommandRunner, open_redis
+from router.settings import CLUSTER_PARTITIONS, Settings
+from router.storage.client import CommandRunner, Store, connect, open_redis
 from router.storage.history import History
 from router.storage.keyring import Keyring
 from router.storage.keys import RouterKeys
@@ -24,7 +24,7 @@ from subscriptions.store import SubscriberStore
 class Services:
     settings: Settings
     catalog: Catalog
-    redis: Redis
+    redis: Store
     subscribers: SubscriberStore
     keyring: Keyring
     ledger: Ledger
@@ -47,17 +47,38 @@ class Services:
             await self.redis.aclose()
 
 
+async def connect_services(settings: Settings) -> Services:
+    """The services on the store `REDIS_URL` names, a Redis Cluster detected (`connect`)."""
+    return build_services(settings, redis=await connect(settings), owns_redis=True)
+
+
+def partitions_for(settings: Settings, redis: Store) -> int:
+    """`ROUTER_PARTITIONS`, with `auto` settled: spread on a cluster, one slot otherwise."""
+    if settings.partitions != "auto":
+        return settings.partitions
+    return CLUSTER_PARTITIONS if isinstance(redis, RedisCluster) else 1
+
+
 def build_services(
-    settings: Settings, *, redis: Redis | None = None, catalog: Catalog | None = None
+    settings: Settings,
+    *,
+    redis: Store | None = None,
+    catalog: Catalog | None = None,
+    owns_redis: bool | None = None,
 ) -> Services:
-    """Everything a process needs, on `redis` if given (tests share a client), else on the
-    store the settings name. Raises `CatalogError` if the catalog cannot be loaded."""
+    """Everything a process needs, on `redis` if given (tests share a client; `owns_redis`
+    says whether closing the services closes it), else on a single Redis or the embedded
+    store as the settings say. Raises `CatalogError` if the catalog cannot be loaded."""
     if catalog is None:
         catalog = load_catalog(settings.catalog_path, settings.catalog_overlay)
     client = open_redis(settings) if redis is None else redis
-    keys = RouterKeys(settings.key_prefix)
+    keys = RouterKeys(settings.key_prefix, partitions_for(settings, client))
     subscriber_keys = SubscriberKeys(settings.key_prefix)
-    runner = CommandRunner(client)
+    runner = CommandRunner(
+        client,
+        min_replicas=settings.min_replicas,
+        replica_timeout=settings.replica_timeout,
+    )
     return Services(
         settings=settings,
         catalog=catalog,
@@ -74,5 +95,5 @@ def build_services(
         ),
         history=History(runner, keys),
         metrics=Metrics(),
-        owns_redis=redis is None,
+        owns_redis=redis is None if owns_redis is None else owns_redis,
     )

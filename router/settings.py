@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
 DEFAULT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 10800.0, 21600.0)
+# Partitions spread the router's keys over hash tags; on a 3-master cluster 16 land 5/5/6.
+CLUSTER_PARTITIONS = 16
+MAX_PARTITIONS = 1024
 # A bootstrap token holds every scope: one short enough to guess is no protection.
 MIN_ADMIN_TOKEN = 16
 
@@ -97,6 +100,22 @@ class Settings(BaseSettings):
         default="wr",
         pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
         description="Prefix (and cluster hash tag) of every Redis key.",
+    )
+    partitions: Annotated[int, Field(ge=1, le=MAX_PARTITIONS)] | Literal["auto"] = Field(
+        default="auto",
+        description="Hash tags the router's work is split over, so a Redis Cluster spreads it "
+        f"(1..{MAX_PARTITIONS}; 1 keeps every key in one slot); auto: "
+        f"{CLUSTER_PARTITIONS} on a Redis Cluster, else 1.",
+    )
+    min_replicas: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        default="auto",
+        description="Replicas that must hold a write before it is acknowledged (WAIT); "
+        "auto: 1 when the Redis has replicas at start-up, else 0.",
+    )
+    replica_timeout: float = Field(
+        default=0.5,
+        gt=0,
+        description="Seconds to wait for replicas to confirm a write before answering 429.",
     )
     timestamp_tolerance: int = Field(
         default=300, gt=0, description="Replay window (s) for a payload timestamp when verifying."

@@ -2,7 +2,8 @@
 
 Ids sort lexicographically by creation time (48-bit milliseconds, then 80 random bits, in
 Crockford base32, like a monotonic ULID), which is what cursor pagination over a sorted set
-relies on.
+relies on. An id may carry a small number (`mark`, up to MAX_MARK) in its lowest bits, read
+back by `id_mark`: the router marks each event with the partition that stores it.
 """
 
 from __future__ import annotations
@@ -18,20 +19,38 @@ _MILLISECOND = timedelta(milliseconds=1)
 
 
 _last = 0  # the value of the latest id this process made
+_MARK_BITS = 10
+MAX_MARK = (1 << _MARK_BITS) - 1
 
 
-def new_id(prefix: str, now_ms: int | None = None) -> str:
+def new_id(prefix: str, now_ms: int | None = None, *, mark: int = 0) -> str:
     """A new id `<prefix>_<26 chars>`: later ids sort after earlier ones, across processes by
-    the millisecond, and within one process also inside a millisecond."""
+    the millisecond, and within one process also inside a millisecond. Its lowest bits hold
+    `mark` (0..MAX_MARK), which `id_mark` reads back."""
     global _last
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms << 80) | secrets.randbits(80)
+    value = (ms << 80) | (secrets.randbits(80 - _MARK_BITS) << _MARK_BITS) | mark
     if value >> 80 == _last >> 80 and value <= _last:
         # Same millisecond as the previous id: random bits alone would order the two by
         # chance, and listings promise creation order (as a monotonic ULID does).
-        value = _last + 1
+        value = ((_last >> _MARK_BITS) + 1) << _MARK_BITS | mark
     _last = value
     return f"{prefix}_{_encode(value)}"
+
+
+_VALUES = {c: i for i, c in enumerate(_ALPHABET)}
+
+
+def id_mark(body: str) -> int:
+    """The mark of an id's 26-character body (the part after `<prefix>_`); 0 if it has none.
+    Raises ValueError if `body` is not such a body."""
+    if len(body) != 26:
+        raise ValueError("not an id body")
+    try:
+        tail = (_VALUES[body[23]] << 10) | (_VALUES[body[24]] << 5) | _VALUES[body[25]]
+    except KeyError:
+        raise ValueError("not an id body") from None
+    return (tail >> 2) & MAX_MARK
 
 
 # Two characters per 10 bits: `base64.b32encode` is pure Python on 3.11, and showed in the

@@ -13,8 +13,9 @@ def tag(prefix: str) -> str:
 
 
 def key_pattern(prefix: str) -> str:
-    """A SCAN pattern matching every key of the deployment `prefix` (tests clean up with it)."""
-    return "\\{" + prefix + "\\}:*"
+    """A SCAN pattern matching every key of the deployment `prefix`, its partitions' tags
+    (`{<prefix>:…}`) included (tests clean up with it)."""
+    return "\\{" + prefix + "[}:]*"
 
 
 class SubscriberKeys:

@@ -1,8 +1,10 @@
-"""Shared fixtures: a Redis that is fakeredis, and also a real server when REDIS_URL is set.
+"""Shared fixtures: a Redis that is fakeredis, a real server when REDIS_URL is set, and a real
+Redis Cluster when REDIS_CLUSTER_URL names one of its nodes.
 
 Every test that takes `redis` (directly or through `app`/`client`) runs once per store, so
-the same suite passes on both. Each test gets its own key prefix and deletes its keys after,
-so tests (and people) sharing one real Redis never see each other's data.
+the same suite passes on all three (on the cluster, with the work spread over partitions).
+Each test gets its own key prefix and deletes its keys after, so tests (and people) sharing
+one real Redis never see each other's data.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from redis.asyncio import Redis
 
 from router.http.app import create_app
 from router.settings import Settings
-from router.storage.client import CommandRunner
+from router.storage.client import CommandRunner, Store, connect
 from router.storage.history import History
 from router.storage.keys import RouterKeys
 from router.storage.ledger import Ledger
@@ -28,6 +30,7 @@ from subscriptions.keys import SubscriberKeys, key_pattern
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 REAL_REDIS_URL = os.environ.get("REDIS_URL")
+CLUSTER_URL = os.environ.get("REDIS_CLUSTER_URL")
 
 
 _USED_PREFIXES: set[str] = set()
@@ -57,29 +60,41 @@ def _sweep_real_redis() -> Iterator[None]:
         client.close()
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
-async def redis(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Redis]:
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
+async def redis(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Store]:
     if request.param == "fakeredis":
-        client: Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        client: Store = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
         yield client
         await client.aclose()
         return
-    if not REAL_REDIS_URL:
-        pytest.skip("REDIS_URL is not set: real-Redis variant skipped")
-    client = Redis.from_url(REAL_REDIS_URL)
+    if request.param == "redis":
+        if not REAL_REDIS_URL:
+            pytest.skip("REDIS_URL is not set: real-Redis variant skipped")
+        client = Redis.from_url(REAL_REDIS_URL)
+    else:
+        if not CLUSTER_URL:
+            pytest.skip("REDIS_CLUSTER_URL is not set: Redis Cluster variant skipped")
+        client = await connect(make_settings(key_prefix, redis_url=CLUSTER_URL))
     try:
         yield client
     finally:
-        async for key in client.scan_iter(match=key_pattern(key_prefix), count=1000):
-            await client.delete(key)
+        await delete_keys(client, key_prefix)
         await client.aclose()
 
 
-def make_ledger(redis: Redis, key_prefix: str, *, max_backlog: int = 100) -> Ledger:
+async def delete_keys(client: Store, prefix: str) -> None:
+    """Delete every key of `prefix`, one at a time (a cluster refuses multi-slot deletes)."""
+    async for key in client.scan_iter(match=key_pattern(prefix), count=1000):
+        await client.delete(key)
+
+
+def make_ledger(
+    redis: Store, key_prefix: str, *, max_backlog: int = 100, partitions: int = 1
+) -> Ledger:
     """A ledger on `redis` under `key_prefix`, with a short retention and dedupe window."""
     return Ledger(
         CommandRunner(redis),
-        RouterKeys(key_prefix),
+        RouterKeys(key_prefix, partitions),
         SubscriberKeys(key_prefix),
         retention=60,
         dedupe_window=60,
@@ -87,8 +102,8 @@ def make_ledger(redis: Redis, key_prefix: str, *, max_backlog: int = 100) -> Led
     )
 
 
-def make_history(redis: Redis, key_prefix: str) -> History:
-    return History(CommandRunner(redis), RouterKeys(key_prefix))
+def make_history(redis: Store, key_prefix: str, *, partitions: int = 1) -> History:
+    return History(CommandRunner(redis), RouterKeys(key_prefix, partitions))
 
 
 def make_settings(key_prefix: str, **overrides: object) -> Settings:

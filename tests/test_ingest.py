@@ -8,6 +8,7 @@ because the platform retries nothing else.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -399,14 +400,35 @@ async def test_redis_refusing_writes_is_429_with_retry_after(
     assert int(headers["Retry-After"]) > 0
 
 
+def _backlogged_app(redis: Redis, key_prefix: str, share: int) -> web.Application:
+    """An app whose every partition holds at most `share` undispatched events (the backlog
+    bound is split evenly over the partitions)."""
+    plain = create_app(make_settings(key_prefix), redis=redis)
+    partitions = plain[LEDGER].keys.partitions
+    return create_app(make_settings(key_prefix, max_backlog=share * partitions), redis=redis)
+
+
+def _webhook_ids_of_one_partition(app: web.Application, n: int) -> list[str]:
+    """Webhook ids whose events all land in partition 0."""
+    keys = app[LEDGER].keys
+    found: list[str] = []
+    while len(found) < n:
+        candidate = f"wh_{uuid.uuid4().hex}"
+        if keys.partition_for(candidate) == 0:
+            found.append(candidate)
+    return found
+
+
 async def test_backlog_over_the_limit_is_429_with_retry_after(
     aiohttp_client: Any, redis: Redis, key_prefix: str
 ) -> None:
-    client = await aiohttp_client(create_app(make_settings(key_prefix, max_backlog=2), redis=redis))
-    for _ in range(2):
-        status, body, _ = await post(client, platform_event("ContactCreate"))
+    app = _backlogged_app(redis, key_prefix, share=2)
+    client = await aiohttp_client(app)
+    ids = _webhook_ids_of_one_partition(app, 3)
+    for webhook_id in ids[:2]:
+        status, body, _ = await post(client, platform_event("ContactCreate", webhook_id=webhook_id))
         assert (status, body["status"]) == (202, "accepted")
-    status, body, headers = await post(client, platform_event("ContactCreate"))
+    status, body, headers = await post(client, platform_event("ContactCreate", webhook_id=ids[2]))
     assert_error(status, body, 429, "TOO_MANY_REQUESTS")
     assert int(headers["Retry-After"]) > 0
 
@@ -414,12 +436,14 @@ async def test_backlog_over_the_limit_is_429_with_retry_after(
 async def test_event_refused_for_backlog_is_not_remembered_as_seen(
     aiohttp_client: Any, redis: Redis, key_prefix: str
 ) -> None:
-    client = await aiohttp_client(create_app(make_settings(key_prefix, max_backlog=1), redis=redis))
-    await post(client, platform_event("ContactCreate"))
-    refused = platform_event("ContactCreate")
+    app = _backlogged_app(redis, key_prefix, share=1)
+    client = await aiohttp_client(app)
+    first, second = _webhook_ids_of_one_partition(app, 2)
+    await post(client, platform_event("ContactCreate", webhook_id=first))
+    refused = platform_event("ContactCreate", webhook_id=second)
     status, _, _ = await post(client, refused)
     assert status == 429
     # The platform retries the same webhookId later; it must not be taken for a duplicate.
-    await redis.delete(client.app[LEDGER].keys.events_stream)
+    await redis.delete(client.app[LEDGER].keys.events_stream(0))
     status, body, _ = await post(client, refused)
     assert (status, body["status"]) == (202, "accepted")

@@ -45,7 +45,7 @@ async def test_accept_after_redis_forgot_the_scripts_still_stores_the_event(
     second = event()
 
     assert await ledger.accept(second) == (EventStatus.accepted, second.event_id)
-    assert await redis.xlen(ledger.keys.events_stream) == 2
+    assert await redis.xlen(ledger.keys.events_stream(0)) == 2
 
 
 async def test_concurrent_accepts_share_a_call_but_keep_their_own_outcomes(
@@ -67,7 +67,7 @@ async def test_concurrent_accepts_share_a_call_but_keep_their_own_outcomes(
         (EventStatus.unroutable, unroutable.event_id),
         (EventStatus.accepted, plain.event_id),
     ]
-    assert await redis.xlen(ledger.keys.events_stream) == 2
+    assert await redis.xlen(ledger.keys.events_stream(0)) == 2
     assert await redis.hget(ledger.keys.event(again.event_id), "body") is None
     assert await redis.hget(ledger.keys.event(plain.event_id), "body") == plain.body
 
@@ -82,7 +82,7 @@ async def test_a_full_backlog_refuses_only_the_events_past_it(
 
     assert results[:2] == [(EventStatus.accepted, e.event_id) for e in events[:2]]
     assert all(isinstance(r, Overloaded) for r in results[2:])
-    assert await redis.xlen(ledger.keys.events_stream) == 2
+    assert await redis.xlen(ledger.keys.events_stream(0)) == 2
     with pytest.raises(Overloaded):
         await ledger.accept(event())
 
@@ -92,9 +92,9 @@ async def _queue_deliveries(ledger: Ledger, subscribers: list[str]) -> list[Work
     accepted = event()
     await ledger.accept(accepted)
     await ledger.ensure_groups()
-    ((entry, event_id),) = await ledger.read_events("d", 10, 0)
+    ((entry, event_id),) = await ledger.read_events(0, "d", 10, 0)
     await ledger.create_deliveries([(entry, event_id, "ContactCreate", subscribers)])
-    return await ledger.read_ready("w", 10, 0)
+    return await ledger.read_ready(0, "w", 10, 0)
 
 
 async def test_an_empty_read_waits_instead_of_answering_at_once(
@@ -107,8 +107,8 @@ async def test_an_empty_read_waits_instead_of_answering_at_once(
     loop = asyncio.get_running_loop()
 
     started = loop.time()
-    assert await ledger.read_ready("w", 10, 200) == []
-    assert await ledger.read_events("d", 10, 200) == []
+    assert await ledger.read_ready(0, "w", 10, 200) == []
+    assert await ledger.read_events(0, "d", 10, 200) == []
 
     assert loop.time() - started >= 2 * EMPTY_READ_POLL_SECONDS * 0.9
 
@@ -168,12 +168,12 @@ async def test_concurrent_outcomes_are_recorded_each_in_full(redis: Redis, key_p
     assert (await make_history(redis, key_prefix).delivery(retry.delivery_id))[
         "schedule_index"
     ] == "1"
-    assert await redis.zscore(k.retry_schedule, retry.member) == 12345
-    assert await redis.sismember(k.open_breakers, "sub_b")
+    assert await redis.zscore(k.retry_schedule(0), retry.member) == 12345
+    assert await redis.sismember(k.open_breakers(0), "sub_b")
     assert (await make_history(redis, key_prefix).delivery(dead.delivery_id))["reason"] == "gave up"
     assert await make_history(redis, key_prefix).attempts(dead.delivery_id) == []
-    assert await redis.zrange(k.dead, 0, -1) == [dead.delivery_id.encode()]
-    assert await redis.xlen(k.ready_stream) == 0  # all three acknowledged and deleted
+    assert await redis.zrange(k.dead(0), 0, -1) == [dead.delivery_id.encode()]
+    assert await redis.xlen(k.ready_stream(0)) == 0  # all three acknowledged and deleted
 
 
 async def test_an_events_failed_write_fails_only_that_event(redis: Redis, key_prefix: str) -> None:
@@ -185,7 +185,7 @@ async def test_an_events_failed_write_fails_only_that_event(redis: Redis, key_pr
 
     assert results[0] == (EventStatus.accepted, good.event_id)
     assert isinstance(results[1], ResponseError) and "WRONGTYPE" in str(results[1])
-    assert await redis.xlen(ledger.keys.events_stream) == 1
+    assert await redis.xlen(ledger.keys.events_stream(0)) == 1
 
 
 async def test_a_failed_outcome_fails_only_its_own_caller(redis: Redis, key_prefix: str) -> None:

@@ -1,4 +1,5 @@
-"""`RoundTrips`: batched commands on held connections, and how they fail.
+"""`RoundTrips` (and `CommandRunner` over it, or over a cluster's nodes): batched commands on
+held connections, and how they fail.
 
 A held connection is reused for every batch, so each way a round trip can be cut short
 (an error reply, a dropped connection, a cancelled caller, a silent server) must leave it
@@ -16,29 +17,30 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from router.storage.client import RoundTrips, open_redis
+from router.storage.client import CommandRunner, RoundTrips, open_redis
 from tests.conftest import REAL_REDIS_URL, make_settings
 
 
 async def test_replies_come_in_order_with_error_replies_in_their_places(
     redis: Redis, key_prefix: str
 ) -> None:
-    trips = RoundTrips(redis)
-    key = f"{key_prefix}:{{{key_prefix}}}:n"
-    replies = await trips.execute(
-        [("SET", key, "1"), ("HGET", key, "field"), ("INCR", key), ("GET", key)]
+    runner = CommandRunner(redis)
+    key, other = f"{{{key_prefix}}}:n", f"{{{key_prefix}:x}}:m"  # two slots on a cluster
+    replies = await runner.run(
+        [("SET", key, "1"), ("HGET", key, "field"), ("SET", other, "5"), ("INCR", key)],
+        raise_on_error=False,
     )
     assert replies[0] == b"OK"
     assert isinstance(replies[1], ResponseError) and "WRONGTYPE" in str(replies[1])
-    assert replies[2:] == [2, b"2"]
-    # The connection is still in step: the next batch reads its own replies.
-    assert await trips.execute([("GET", key), ("ECHO", "x")]) == [b"2", b"x"]
+    assert replies[2:] == [b"OK", 2]
+    # The connections are still in step: the next batch reads its own replies.
+    assert await runner.run([("GET", key), ("GET", other)]) == [b"2", b"5"]
 
 
 async def test_concurrent_batches_each_get_their_own_replies(redis: Redis) -> None:
-    trips = RoundTrips(redis)
+    runner = CommandRunner(redis)
     results = await asyncio.gather(
-        *(trips.execute([("ECHO", f"a{i}"), ("ECHO", f"b{i}")]) for i in range(50))
+        *(runner.run([("ECHO", f"a{i}"), ("ECHO", f"b{i}")]) for i in range(50))
     )
     assert results == [[f"a{i}".encode(), f"b{i}".encode()] for i in range(50)]
 

@@ -17,8 +17,9 @@ from router.http.server import serve_until_stopped
 from router.http.verification import build_verifier
 from router.logs import configure_logging
 from router.pipeline.workers import run_until_signalled
-from router.services import build_services
+from router.services import connect_services
 from router.settings import Settings, load_settings
+from router.storage.client import connect
 from subscriptions.catalog import load_catalog
 
 log = logging.getLogger("router")
@@ -111,7 +112,8 @@ def serve_command(args: argparse.Namespace) -> int:
     _use_uvloop()
 
     async def main() -> None:
-        app = create_app(settings, run_workers=not args.no_workers)
+        store = await connect(settings)
+        app = create_app(settings, redis=store, owns_redis=True, run_workers=not args.no_workers)
         _tune_gc()
         log.info("listening on http://%s:%d", settings.host, settings.port)
         await serve_until_stopped(
@@ -137,7 +139,7 @@ def worker_command(args: argparse.Namespace) -> int:
     _use_uvloop()
 
     async def main() -> None:
-        services = build_services(settings)
+        services = await connect_services(settings)
         group = services.worker_group()
         _tune_gc()
         try:

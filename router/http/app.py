@@ -40,15 +40,17 @@ def create_app(
     redis: Redis | None = None,
     catalog: Catalog | None = None,
     run_workers: bool = False,
+    owns_redis: bool | None = None,
 ) -> web.Application:
     """The aiohttp application for `settings`: operator API, ingest, health and metrics.
 
     `run_workers` also runs the dispatcher, delivery worker and retry scheduler inside the
-    app (what `serve` does). `redis` lets a caller share a client (tests use fakeredis or a
-    real server); when absent the app opens one from settings and closes it on cleanup.
+    app (what `serve` does). `redis` is the store to use (`serve` connects it; tests share a
+    fakeredis or a real server), closed on cleanup if `owns_redis`; when absent the app opens
+    a single Redis or the embedded store from the settings, and closes it on cleanup.
     Raises `CatalogError` or `SettingsError` if the catalog or verification keys are bad.
     """
-    services = build_services(settings, redis=redis, catalog=catalog)
+    services = build_services(settings, redis=redis, catalog=catalog, owns_redis=owns_redis)
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=settings.max_body_bytes,

@@ -24,7 +24,8 @@ MAX_BACKOFF_SECONDS = 5.0
 class Consumer(Generic[T]):
     """Reads batches for `handle` until stopped.
 
-    `room()` says how much to read next, waiting for room if need be (0: ask again);
+    `room()` says how much to read next, waiting for room if need be (0: ask again), and
+    `settled(count)` is told once that much has been read and handled (or failed);
     `read(count, block_ms)` and `claim(count)` fetch new and abandoned work. Work left by a dead
     or stalled consumer is looked for every CLAIM_CHECK_SECONDS (sooner for a short
     `reclaim_after_ms`), before new work.
@@ -40,6 +41,8 @@ class Consumer(Generic[T]):
         handle: Callable[[list[T]], Awaitable[object]],
         ensure_groups: Callable[[], Awaitable[None]],
         reclaim_after_ms: int,
+        settled: Callable[[int], None] = lambda count: None,
+        block_ms: int = READ_BLOCK_MS,
     ) -> None:
         self.what = what
         self.room = room
@@ -47,6 +50,8 @@ class Consumer(Generic[T]):
         self.claim = claim
         self.handle = handle
         self.ensure_groups = ensure_groups
+        self.settled = settled
+        self.block_ms = block_ms
         self.claim_every = min(reclaim_after_ms / 4000, CLAIM_CHECK_SECONDS)
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -64,7 +69,7 @@ class Consumer(Generic[T]):
                     if batch:
                         log.info("reclaimed %d %s from a stalled process", len(batch), self.what)
                 else:
-                    batch = await self.read(count, READ_BLOCK_MS)
+                    batch = await self.read(count, self.block_ms)
                 if batch:
                     await self.handle(batch)
                 backoff = 0.1
@@ -77,3 +82,5 @@ class Consumer(Generic[T]):
                 if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
                 await self.ensure_groups()
+            finally:
+                self.settled(count)

@@ -24,9 +24,10 @@ from router.core.outcome import Outcome
 from router.core.records import WorkItem
 from router.pipeline.attempt import Attempts, Held
 from router.pipeline.client import open_session
-from router.pipeline.consumer import Consumer
+from router.pipeline.consumer import READ_BLOCK_MS, Consumer
 from router.settings import Settings
 from router.storage.client import UNAVAILABLE, refusing_writes
+from router.storage.keys import delivery_partition
 from router.storage.ledger import Ledger
 from subscriptions.ids import now_ms
 
@@ -34,6 +35,7 @@ log = logging.getLogger("router.delivery")
 
 READ_AT_LEAST_EVERY = 0.25  # seconds; see `DeliveryWorker._read_budget`
 MAX_READ = 100
+MIN_BLOCK_MS = 50
 
 
 class WaitingWork:
@@ -76,6 +78,9 @@ class WaitingWork:
             del self._queues[subscriber_id]
         return item
 
+    def items(self) -> set[WorkItem]:
+        return {item for queue in self._queues.values() for item in queue}
+
     def take_all(self) -> list[WorkItem]:
         items = [item for queue in self._queues.values() for item in queue]
         self._queues.clear()
@@ -99,14 +104,19 @@ class DeliveryWorker:
         self.waiting_per_subscriber = max(2 * self.per_subscriber, self.capacity // 4)
         self.reclaim_after_ms = int(settings.reclaim_after * 1000)
         self._inflight: dict[str, int] = defaultdict(int)
-        self._holding: set[str] = set()  # entry ids of started work holding a slot
+        # Work is told apart by the whole item: an entry id is unique only in its partition.
+        self._holding: set[WorkItem] = set()  # started work holding a subscriber's slot
+        self._running: set[WorkItem] = set()  # started work not yet finished
         self._waiting = WaitingWork(self.waiting_per_subscriber)
         self._load = 0  # attempts started and not finished
         self._overread = 0  # work read lately that had to be parked at once (`_read_budget`)
-        self._last_read = 0.0
+        self._last_read: dict[int, float] = {}  # per partition's reader
         self._tasks: set[asyncio.Task[None]] = set()
         self._capacity_freed = asyncio.Event()
-        self._parked: set[str] = set()  # subscribers this worker parked work for
+        # Subscribers this worker parked work for, and the partitions it is parked in.
+        self._parked: dict[str, set[int]] = {}
+        self._reserved = 0  # read budget promised to partition readers not yet back
+        self._read_share = max(1, self.capacity // len(ledger.partitions))
         self._releasing: set[str] = set()  # subscribers with a release of parked work running
         # Subscribers whose breaker held their work back, and until when (ms): their parked
         # work is not released as slots free up before then, or it would cycle through the
@@ -118,30 +128,60 @@ class DeliveryWorker:
     async def run(self, stopping: asyncio.Event) -> None:
         """Take work until `stopping` is set, then return (call `drain` to finish up)."""
         self.session = open_session(self.settings, self.capacity)
-        await Consumer(
-            "deliveries",
-            room=self._room,
-            read=lambda count, block_ms: self.ledger.read_ready(self.consumer, count, block_ms),
-            claim=lambda count: self.ledger.claim_stale_ready(
-                self.consumer, self.reclaim_after_ms, count
-            ),
-            handle=self._admit,
-            ensure_groups=self.ledger.ensure_groups,
-            reclaim_after_ms=self.reclaim_after_ms,
-        ).run(stopping)
+        await asyncio.gather(*(self._consumer(p).run(stopping) for p in self.ledger.partitions))
 
-    async def _room(self) -> int:
-        """How much to read next; 0 after waiting up to READ_AT_LEAST_EVERY for capacity."""
-        free = self._read_budget()
-        if free <= 0 and time.monotonic() - self._last_read >= READ_AT_LEAST_EVERY:
+    def _consumer(self, partition: int) -> Consumer[WorkItem]:
+        """The reader of one partition's ready stream; all share this worker's budget."""
+        ledger, consumer = self.ledger, self.consumer
+
+        async def read(count: int, block_ms: int) -> list[WorkItem]:
+            return await ledger.read_ready(partition, consumer, count, block_ms)
+
+        async def claim(count: int) -> list[WorkItem]:
+            claimed = await ledger.claim_stale_ready(
+                partition, consumer, self.reclaim_after_ms, count
+            )
+            # Work this worker holds itself (running, or waiting here for a slot longer than
+            # ROUTER_RECLAIM_AFTER) looks stalled to Redis; claiming it resets its idle time,
+            # and it must not be started a second time.
+            mine = self._running | self._waiting.items()
+            return [item for item in claimed if item not in mine]
+
+        return Consumer(
+            "deliveries",
+            room=lambda: self._room(partition),
+            read=read,
+            claim=claim,
+            handle=self._admit,
+            ensure_groups=ledger.ensure_groups,
+            reclaim_after_ms=self.reclaim_after_ms,
+            settled=self._unreserve,
+            # A reader waiting on an empty partition holds its share of the budget; with many
+            # partitions it waits less, so the budget goes round to those that have work.
+            block_ms=max(MIN_BLOCK_MS, READ_BLOCK_MS // len(ledger.partitions)),
+        )
+
+    def _unreserve(self, count: int) -> None:
+        self._reserved -= count
+        self._capacity_freed.set()
+
+    async def _room(self, partition: int) -> int:
+        """How much to read next (reserved from the budget until the read is admitted); 0
+        after waiting up to READ_AT_LEAST_EVERY for capacity."""
+        free = self._read_budget() - self._reserved
+        last_read = self._last_read.get(partition, 0.0)
+        if free <= 0 and time.monotonic() - last_read >= READ_AT_LEAST_EVERY:
             free = min(self.per_subscriber, self.capacity - self._load)
         if free <= 0:
             self._capacity_freed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._capacity_freed.wait(), READ_AT_LEAST_EVERY)
             return 0
-        self._last_read = time.monotonic()
-        return min(free, MAX_READ)
+        self._last_read[partition] = time.monotonic()
+        # A partition's reader takes at most its share, so every partition's reader gets room.
+        count = min(free, MAX_READ, self._read_share)
+        self._reserved += count
+        return count
 
     def _read_budget(self) -> int:
         """How much work to read now: the capacity left by attempts in flight and by work
@@ -194,11 +234,13 @@ class DeliveryWorker:
         if overflow:
             self._overread += len(overflow)
             await self.ledger.park(overflow)
-            self._parked.update(item.subscriber_id for item in overflow)
+            for item in overflow:
+                self._note_parked(item)
 
     def _start(self, item: WorkItem) -> None:
         self._inflight[item.subscriber_id] += 1
-        self._holding.add(item.entry_id)
+        self._holding.add(item)
+        self._running.add(item)
         self._load += 1
         task = asyncio.create_task(self._run_one(item))
         self._tasks.add(task)
@@ -225,6 +267,7 @@ class DeliveryWorker:
                 await self.attempts.fail(item, exc)
         finally:
             self._free_slot(item)
+            self._running.discard(item)
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._load -= 1
             if self._overread:
@@ -235,19 +278,22 @@ class DeliveryWorker:
         """Park work its subscriber's open breaker sent back; the release loop
         (`WorkerGroup`) brings it back once the breaker lets attempts through."""
         await self.ledger.park([item])
-        self._parked.add(item.subscriber_id)
+        self._note_parked(item)
         now = now_ms()
         if len(self._held_until) >= 10_000:  # subscribers never attempted again
             self._held_until = {s: t for s, t in self._held_until.items() if t > now}
         self._held_until[item.subscriber_id] = until_ms
 
+    def _note_parked(self, item: WorkItem) -> None:
+        self._parked.setdefault(item.subscriber_id, set()).add(delivery_partition(item.delivery_id))
+
     def _free_slot(self, item: WorkItem) -> None:
         """End `item`'s hold on one of its subscriber's concurrency slots (once; the bound is
         on requests to the subscriber, so this happens as soon as the receiver has answered)
         and give the slot to the subscriber's next waiting or parked work."""
-        if item.entry_id not in self._holding:
+        if item not in self._holding:
             return
-        self._holding.discard(item.entry_id)
+        self._holding.discard(item)
         sub = item.subscriber_id
         self._inflight[sub] -= 1
         waiting = self._waiting.take(sub)
@@ -279,9 +325,17 @@ class DeliveryWorker:
         (in the background: this runs as an attempt finishes; one release at a time)."""
 
         async def release() -> None:
+            left = count
             try:
-                if await self.ledger.release_parked(sub, count) < count:
-                    self._parked.discard(sub)
+                for partition in sorted(self._parked.get(sub, ())):
+                    released = await self.ledger.release_parked(sub, partition, left)
+                    if released < left:  # that partition has no more of its work
+                        self._parked[sub].discard(partition)
+                    left -= released
+                    if left <= 0:
+                        break
+                if not self._parked.get(sub):
+                    self._parked.pop(sub, None)
             except UNAVAILABLE:
                 pass  # the retry scheduler releases parked work too
             finally:

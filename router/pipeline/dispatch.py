@@ -64,18 +64,30 @@ class Dispatcher:
         self.batch_size = batch_size
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Dispatch until `stopping` is set; survives Redis outages by waiting them out."""
-        await Consumer(
+        """Dispatch every partition until `stopping` is set; survives Redis outages by
+        waiting them out."""
+        await asyncio.gather(*(self._consumer(p).run(stopping) for p in self.ledger.partitions))
+
+    def _consumer(self, partition: int) -> Consumer[tuple[str, str]]:
+        ledger, consumer = self.ledger, self.consumer
+
+        async def read(count: int, block_ms: int) -> list[tuple[str, str]]:
+            return await ledger.read_events(partition, consumer, count, block_ms)
+
+        async def claim(count: int) -> list[tuple[str, str]]:
+            return await ledger.claim_stale_events(
+                partition, consumer, self.reclaim_after_ms, count
+            )
+
+        return Consumer(
             "events",
             room=self._room,
-            read=lambda count, block_ms: self.ledger.read_events(self.consumer, count, block_ms),
-            claim=lambda count: self.ledger.claim_stale_events(
-                self.consumer, self.reclaim_after_ms, count
-            ),
+            read=read,
+            claim=claim,
             handle=self.dispatch,
-            ensure_groups=self.ledger.ensure_groups,
+            ensure_groups=ledger.ensure_groups,
             reclaim_after_ms=self.reclaim_after_ms,
-        ).run(stopping)
+        )
 
     async def _room(self) -> int:
         return self.batch_size

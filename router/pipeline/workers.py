@@ -127,7 +127,9 @@ class WorkerGroup:
         next_trim = loop.time()
         while not self._stopping.is_set():
             try:
-                moved = await self.ledger.move_due_retries()
+                moved = 0
+                for partition in self.ledger.partitions:
+                    moved = max(moved, await self.ledger.move_due_retries(partition))
                 if loop.time() >= next_trim:
                     next_trim = loop.time() + TRIM_EVERY_SECONDS
                     await self.ledger.trim()
@@ -151,9 +153,9 @@ class WorkerGroup:
         batch = self.settings.subscriber_concurrency
         while not self._stopping.is_set():
             try:
-                for subscriber_id, can_attempt in await self.ledger.parked_subscribers():
-                    if can_attempt:
-                        await self.ledger.release_parked(subscriber_id, batch)
+                for subscriber_id, partition, can in await self.ledger.parked_subscribers():
+                    if can:
+                        await self.ledger.release_parked(subscriber_id, partition, batch)
             except UNAVAILABLE:
                 pass
             except Exception:

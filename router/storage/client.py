@@ -1,36 +1,81 @@
-"""Opens the Redis client the service runs on: a real Redis from `REDIS_URL`, or the embedded
-in-memory store (fakeredis) when it is unset.
+"""Opens the Redis client the service runs on — the embedded in-memory store (fakeredis) when
+`REDIS_URL` is unset, a single Redis, or a Redis Cluster, detected from any of its nodes — and
+sends the hot paths' batches of commands (`CommandRunner`).
 
 Clients are opened with `decode_responses=False`: event bodies are stored and delivered byte
 for byte, so decoding is the caller's choice, field by field.
+
+Durability: when the store has replicas, a batch that writes what someone relies on ends with
+`WAIT` on the same connection as its writes (WAIT covers only its own connection's writes), and
+counts as done only once a replica holds them; otherwise it fails as `NotReplicated`, which
+callers treat like an unreachable Redis (ingest answers 429, workers retry).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import fakeredis
 import hiredis
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.connection import HiredisRespSerializer
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from router.settings import Settings
+from router.settings import Settings, SettingsError
 from router.storage.scripts import Command, Script
 
-# Errors that mean "Redis cannot be reached right now": ingest answers 429, workers back off.
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+log = logging.getLogger("router.storage")
+
+Store = Redis | RedisCluster
+
+
+class NotReplicated(RedisConnectionError):
+    """Fewer replicas than required confirmed a write in time: it may or may not survive a
+    failover, so it is not acknowledged (the caller retries; dedupe absorbs a repeat)."""
+
+
+# Errors that mean "Redis cannot be reached or cannot take writes right now": ingest answers
+# 429, workers back off. On a cluster: a slot with no reachable master, or redirections that
+# did not settle in time.
+UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    SlotNotCoveredError,
+    ClusterError,
+    ClusterDownError,
+    TryAgainError,
+)
 
 # Error replies of a Redis that is reachable but refusing writes for now: memory full, a
 # replica after a failover, persistence failing, a busy script, a cluster reconfiguring.
+# redis-py maps some codes to classes and drops the code from their text, so both are checked.
+_REFUSING_CLASSES = (ClusterDownError, TryAgainError, ReadOnlyError, OutOfMemoryError)
 _REFUSING_WRITES = (
     "OOM",
     "READONLY",
@@ -46,7 +91,7 @@ _REFUSING_WRITES = (
 def refusing_writes(exc: ResponseError) -> bool:
     """True for an error reply that says "not now" rather than "wrong request": like an
     unreachable Redis, a reason for ingest to answer 429 (the platform retries only that)."""
-    return str(exc).startswith(_REFUSING_WRITES)
+    return isinstance(exc, _REFUSING_CLASSES) or str(exc).startswith(_REFUSING_WRITES)
 
 
 _CHECKED = HiredisRespSerializer()
@@ -163,54 +208,319 @@ class RoundTrips:
             await self._pool.release(conn)
 
 
+def command_key(command: Command) -> Any:
+    """The key a command is routed by: the first key of a script call, the stream of a
+    XREADGROUP, else the command's first argument."""
+    name = command[0]
+    if name == "EVALSHA":
+        return command[3]
+    if name == "XREADGROUP":
+        return command[command.index("STREAMS") + 1]
+    return command[1]
+
+
+class ClusterRoundTrips:
+    """Batches for a Redis Cluster: each node's share of a batch goes in one write on one of
+    its connections (so a WAIT at its end covers its writes), the nodes in parallel.
+
+    Redirections are followed per command: MOVED updates the slot map and resends, ASK resends
+    with ASKING in the same write (never on another connection, which would leave ASKING set
+    there), TRYAGAIN (a slot migrating) backs off briefly. A connection error refreshes the
+    slot map. Whatever has not settled within `deadline` seconds is raised.
+    """
+
+    def __init__(self, cluster: RedisCluster, *, timeout: float, deadline: float = 2.0) -> None:
+        self.cluster = cluster
+        self.timeout = timeout
+        self.deadline = deadline
+        self._stale = False
+
+    async def execute(
+        self, commands: Sequence[Command], wait: tuple[int, int] | None = None
+    ) -> list[Any]:
+        """The replies to `commands`, in order (error replies in their places). With `wait`
+        (replicas, timeout ms), every node's share ends with WAIT; raises NotReplicated if a
+        node's writes reached fewer replicas."""
+        replies: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        started = time.monotonic()
+        asking: dict[int, ClusterNode] = {}
+        while todo:
+            if self._stale:
+                await self._refresh()
+            try:
+                groups = self._group(commands, todo, asking)
+            except SlotNotCoveredError:
+                self._stale = True
+                if time.monotonic() - started > self.deadline:
+                    raise
+                await asyncio.sleep(0.1)
+                continue
+            results = await asyncio.gather(
+                *(
+                    self._send(node, [commands[i] for i in idxs], idxs, asking, wait)
+                    for node, idxs in groups
+                ),
+                return_exceptions=True,
+            )
+            again: list[int] = []
+            asking = {}
+            failure: BaseException | None = None
+            for (_node, idxs), result in zip(groups, results, strict=True):
+                if isinstance(result, BaseException):
+                    if isinstance(result, NotReplicated) or not isinstance(result, _RETRIED):
+                        raise result
+                    failure = result
+                    again += idxs
+                    continue
+                for i, reply in zip(idxs, result, strict=True):
+                    replies[i] = reply
+                    if isinstance(reply, MovedError):
+                        await self.cluster.nodes_manager.move_slot(reply)
+                        again.append(i)
+                    elif isinstance(reply, AskError):
+                        asking[i] = self._node(reply.host, reply.port)
+                        again.append(i)
+                    elif isinstance(reply, TryAgainError):
+                        failure = reply
+                        again.append(i)
+            todo = sorted(again)
+            if todo:
+                if time.monotonic() - started > self.deadline:
+                    if failure is not None:
+                        raise failure
+                    return replies  # redirections left in place, as error replies
+                if failure is not None:
+                    if not isinstance(failure, TryAgainError):
+                        self._stale = True
+                    await asyncio.sleep(0.05)
+        return replies
+
+    def _group(
+        self, commands: Sequence[Command], todo: list[int], asking: dict[int, ClusterNode]
+    ) -> list[tuple[ClusterNode, list[int]]]:
+        manager = self.cluster.nodes_manager
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i in todo:
+            node = asking.get(i) or manager.get_node_from_slot(
+                key_slot(_bytes(command_key(commands[i])))
+            )
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        return list(by_node.values())
+
+    def _node(self, host: str, port: int) -> ClusterNode:
+        node = self.cluster.get_node(host, port)
+        if node is None:
+            node = ClusterNode(host, port, **self.cluster.connection_kwargs)
+        return node
+
+    async def _send(
+        self,
+        node: ClusterNode,
+        batch: list[Command],
+        idxs: list[int],
+        asking: dict[int, ClusterNode],
+        wait: tuple[int, int] | None,
+    ) -> list[Any]:
+        ask = any(i in asking for i in idxs)
+        wire: list[Command] = []
+        for command in batch:
+            if ask:
+                wire.append(("ASKING",))
+            wire.append(command)
+        if wait is not None:
+            wire.append(("WAIT", *wait))
+        conn = node.acquire_connection()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await conn.send_packed_command([pack_all(wire)])
+                out: list[Any] = []
+                for _ in wire:
+                    try:
+                        out.append(await conn.read_response(timeout=math.inf))
+                    except ResponseError as exc:
+                        out.append(exc)
+        except TimeoutError:
+            await conn.disconnect(nowait=True)
+            raise RedisTimeoutError(f"Timeout talking to {node.name}") from None
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            node.release(conn)
+        if wait is not None:
+            acked = out.pop()
+            if isinstance(acked, Exception) or acked < wait[0]:
+                raise NotReplicated(f"{node.name}: a write reached {acked} of {wait[0]} replicas")
+        return out[1::2] if ask else out
+
+    async def _refresh(self) -> None:
+        try:
+            await self.cluster.nodes_manager.initialize()
+            self._stale = False
+        except RedisClusterException:
+            self._stale = True  # no node answers yet: the next batch tries again
+
+
+# A node's batch failing with these is sent again (to the node the refreshed map names).
+_RETRIED = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _bytes(key: Any) -> bytes:
+    return key if isinstance(key, bytes) else str(key).encode()
+
+
 class CommandRunner:
-    """Sends batches of commands (script calls among them) in one round trip each."""
+    """Sends batches of commands (script calls among them) in one round trip each: one write
+    on a single Redis, one per node of a cluster, all at once."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(
+        self, redis: Store, *, min_replicas: int | str = 0, replica_timeout: float = 0.5
+    ) -> None:
         self.redis = redis
-        self._round_trips = RoundTrips(redis)
+        self.cluster = isinstance(redis, RedisCluster)
+        if isinstance(redis, RedisCluster):
+            timeout = redis.connection_kwargs.get("socket_timeout") or 5.0
+            self._cluster_trips = ClusterRoundTrips(redis, timeout=timeout)
+        else:
+            self._round_trips = RoundTrips(redis)
+        self._min_replicas = min_replicas
+        self._wait_ms = max(1, int(replica_timeout * 1000))
 
-    async def run(self, commands: Sequence[Command], *, raise_on_error: bool = True) -> list[Any]:
-        """The replies to `commands`, sent in one round trip; error replies are raised (the
-        first) or, with `raise_on_error=False`, returned in their places. If Redis forgot the
-        scripts (first use, a restart, SCRIPT FLUSH), they are loaded and all is sent again:
-        Redis forgets every script at once, so no call of the first sending ran."""
-        replies = await self._round_trips.execute(commands)
+    async def replicas_required(self) -> int:
+        """How many replicas must confirm a durable write (`auto` is settled on first use:
+        1 if the store has replicas then, else 0)."""
+        if self._min_replicas == "auto":
+            self._min_replicas = 1 if await self._has_replicas() else 0
+            if self._min_replicas:
+                log.info("the store has replicas: writes are acknowledged once one holds them")
+        return int(self._min_replicas)
+
+    async def _has_replicas(self) -> bool:
+        if isinstance(self.redis, RedisCluster):
+            return bool(self.redis.get_replicas())
+        try:
+            info = await self.redis.info("replication")
+        except ResponseError:  # the embedded store has no INFO
+            return False
+        return int(info.get("connected_slaves", 0)) > 0
+
+    async def run(
+        self, commands: Sequence[Command], *, raise_on_error: bool = True, durable: bool = False
+    ) -> list[Any]:
+        """The replies to `commands`, in order; error replies are raised (the first) or, with
+        `raise_on_error=False`, returned in their places. `durable` writes are acknowledged
+        by the required replicas, or raise NotReplicated. If Redis forgot the scripts (first
+        use, a restart, SCRIPT FLUSH, a replica promoted), they are loaded and all is sent
+        again: none of the first sending's script calls ran."""
+        wait = None
+        if durable and (replicas := await self.replicas_required()):
+            wait = (replicas, self._wait_ms)
+        replies = await self._execute(commands, wait)
         if any(isinstance(r, NoScriptError) for r in replies):
-            for script in Script.registry:
-                await self.redis.script_load(script.source)
-            replies = await self._round_trips.execute(commands)
+            await self._load_scripts()
+            replies = await self._execute(commands, wait)
         if raise_on_error and (
             error := next((r for r in replies if isinstance(r, ResponseError)), None)
         ):
             raise error
         return replies
 
-    async def one(self, command: Command) -> Any:
+    async def one(self, command: Command, *, durable: bool = False) -> Any:
         """The reply of one command; an error reply is raised."""
-        (reply,) = await self.run([command])
+        (reply,) = await self.run([command], durable=durable)
         return reply
+
+    async def _execute(
+        self, commands: Sequence[Command], wait: tuple[int, int] | None
+    ) -> list[Any]:
+        if self.cluster:
+            return await self._cluster_trips.execute(commands, wait)
+        if wait is None:
+            return await self._round_trips.execute(commands)
+        *replies, acked = await self._round_trips.execute([*commands, ("WAIT", *wait)])
+        if isinstance(acked, Exception) or acked < wait[0]:
+            raise NotReplicated(f"a write reached {acked} of {wait[0]} replicas")
+        return replies
+
+    async def _load_scripts(self) -> None:
+        # On a cluster SCRIPT LOAD goes to every master; replicas hold no scripts, so after a
+        # failover the promoted one is given them here, on its first NOSCRIPT.
+        for script in Script.registry:
+            await self.redis.script_load(script.source)
 
 
 def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     return type(f"Hiredis{cls.__name__}", (HiredisPacking, cls), {})
 
 
+def open_embedded() -> Redis:
+    """The embedded in-memory store: nothing it holds survives the process."""
+    return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=False)
+
+
 def open_redis(settings: Settings) -> Redis:
-    """A client for the configured store; it connects lazily, on first use.
+    """A client for a single Redis at `REDIS_URL` (the embedded store when it is unset),
+    without the cluster check `connect` makes."""
+    return open_embedded() if settings.redis_url is None else _single(settings.redis_url)
+
+
+def _client_options() -> dict[str, Any]:
+    return {
+        "decode_responses": False,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 2,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+    }
+
+
+async def connect(settings: Settings) -> Store:
+    """A client for the configured store: the embedded one when `REDIS_URL` is unset, else a
+    `RedisCluster` when the URL names a cluster node, else a plain `Redis`. Only the cluster
+    check connects now (any node will do); a single Redis is connected on first use.
 
     A real Redis gets short timeouts (so a dead server turns into an error in about a second,
     not a hang) and a few quick reconnect retries, after which the caller sees `UNAVAILABLE`.
+    Raises SettingsError for a cluster URL naming a database other than 0.
     """
     if settings.redis_url is None:
-        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=False)
+        return open_embedded()
+    url = settings.redis_url
+    if not await _is_cluster(url):
+        return _single(url)
+    if urlsplit(url).path.strip("/") not in ("", "0"):
+        raise SettingsError("REDIS_URL: a Redis Cluster has only database 0")
+    cluster = RedisCluster.from_url(
+        url,
+        **_client_options(),
+        # A slot map missing a failed master's slots is still worth having: the others serve.
+        require_full_coverage=False,
+        max_connections=256,
+    )
+    # Every node the cluster client discovers gets the C packer too.
+    cluster.connection_kwargs["connection_class"] = _hiredis_packing(
+        cluster.connection_kwargs.get("connection_class") or Connection
+    )
+    await cluster.initialize()
+    return cluster
+
+
+async def _is_cluster(url: str) -> bool:
+    probe = Redis.from_url(url, decode_responses=False, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        info = await probe.info("cluster")
+    except (ResponseError, *UNAVAILABLE):
+        return False  # unreachable now: a single Redis is assumed, connected on first use
+    finally:
+        await probe.aclose()
+    return bool(info.get("cluster_enabled"))
+
+
+def _single(url: str) -> Redis:
     client = Redis.from_url(
-        settings.redis_url,
-        decode_responses=False,
-        socket_timeout=5,
-        socket_connect_timeout=2,
+        url,
+        **_client_options(),
         health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         max_connections=256,
     )

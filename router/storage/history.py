@@ -3,7 +3,8 @@ over the delivery indexes, requeues, and queue depths.
 
 Delivery ids begin with their event's time (`router.core.records.delivery_id_for`), so every
 delivery index is a sorted set of equal scores read in id order: cursors are ids, "since" is
-a lexicographic lower bound, and entries past the retention are trimmed by their id.
+a lexicographic lower bound, and entries past the retention are trimmed by their id. Each
+partition keeps its own indexes; a listing reads a page from each and merges them.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from router.core.records import DeliveryStatus, work_member
+from router.core.records import DeliveryStatus
 from router.storage.client import CommandRunner
-from router.storage.keys import RouterKeys
-from router.storage.scripts import retries
+from router.storage.keys import RouterKeys, by_partition, delivery_partition
+from router.storage.ledger import MOVE_DUE_LIMIT
+from router.storage.scripts import requeue, retries
 from subscriptions.ids import id_floor, now_ms
 
 # Index entries examined per listing page when filters drop most of them.
@@ -50,7 +52,7 @@ class History:
     async def event_deliveries(self, event_id: str) -> list[dict[str, str]]:
         """The deliveries made for one event, in id order."""
         index = self.keys.event_deliveries(event_id)
-        return await self.deliveries(await self._page(index, None, 10_000, newest_first=False))
+        return await self.deliveries(await self._page([index], None, 10_000, newest_first=False))
 
     async def delivery(self, delivery_id: str) -> dict[str, str] | None:
         raw = await self.redis.hgetall(self.keys.delivery(delivery_id))
@@ -80,16 +82,17 @@ class History:
         index is read (a subscriber's, the dead set, or all); a page examines at most
         SCAN_PER_PAGE entries, so a filter that matches little returns a short page with a
         cursor to go on from."""
+        k, partitions = self.keys, self.keys.all_partitions()
         if subscriber_id:
-            index = self.keys.subscriber_deliveries(subscriber_id)
+            indexes = [k.subscriber_deliveries(subscriber_id, p) for p in partitions]
         elif status is DeliveryStatus.dead:
-            index = self.keys.dead
+            indexes = [k.dead(p) for p in partitions]
         else:
-            index = self.keys.deliveries
+            indexes = [k.deliveries(p) for p in partitions]
         items: list[dict[str, str]] = []
         scanned = 0
         while len(items) < limit and scanned < SCAN_PER_PAGE:
-            ids = await self._page(index, cursor, limit, newest_first=True)
+            ids = await self._page(indexes, cursor, limit, newest_first=True)
             if not ids:
                 return DeliveryPage(items, None)
             scanned += len(ids)
@@ -107,10 +110,11 @@ class History:
     async def replay(self, subscriber_id: str, status: DeliveryStatus, since_ms: int | None) -> int:
         """Requeue every delivery of a subscriber in `status` (of events received at or after
         `since_ms`, if given), a page at a time; returns how many."""
-        index = self.keys.subscriber_deliveries(subscriber_id)
+        partitions = self.keys.all_partitions()
+        indexes = [self.keys.subscriber_deliveries(subscriber_id, p) for p in partitions]
         cursor = id_floor("dlv", since_ms) if since_ms is not None else None
         requeued = 0
-        while ids := await self._page(index, cursor, REPLAY_PAGE, newest_first=False):
+        while ids := await self._page(indexes, cursor, REPLAY_PAGE, newest_first=False):
             cursor = ids[-1]
             rows = await self.deliveries(ids)
             requeued += await self.requeue([r["id"] for r in rows if r["status"] == status.value])
@@ -129,57 +133,50 @@ class History:
         ]
         if not rows:
             return 0
-        k = self.keys
         now = now_ms()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for row in rows:
-                member = work_member(row["id"], row["subscriber_id"], row["event_id"])
-                pipe.hset(
-                    k.delivery(row["id"]),
-                    mapping={
-                        "status": DeliveryStatus.pending.value,
-                        "schedule_index": 0,
-                        "updated_at": now,
-                        "reason": "",
-                    },
-                )
-                pipe.zrem(k.dead, row["id"])
-                pipe.zadd(k.retry_schedule, {member: now})
-            await pipe.execute()
-        await self.runner.one(retries.move_due_command(k, now=now_ms(), limit=1000))
+        groups = by_partition(rows, lambda row: delivery_partition(row["id"]))
+        await self.runner.run(
+            [requeue.requeue_command(self.keys, p, group, now=now) for p, group in groups.items()],
+            durable=True,
+        )
+        await self.runner.run(
+            [
+                retries.move_due_command(self.keys, p, now=now_ms(), limit=MOVE_DUE_LIMIT)
+                for p in groups
+            ],
+            durable=True,
+        )
         return len(rows)
 
     async def depths(self) -> dict[str, int]:
         """Queue depths for metrics: ready, retry, dead, dispatch backlog, open breakers."""
         k = self.keys
-        ready, retry, dead, backlog, breakers = await self.runner.run(
-            [
-                ("XLEN", k.ready_stream),
-                ("ZCARD", k.retry_schedule),
-                ("ZCARD", k.dead),
-                ("XLEN", k.events_stream),
-                ("SCARD", k.open_breakers),
-            ]
-        )
-        return {
-            "ready": ready,
-            "retry": retry,
-            "dead": dead,
-            "dispatch": backlog,
-            "open_breakers": breakers,
+        reads = {
+            "ready": lambda p: ("XLEN", k.ready_stream(p)),
+            "retry": lambda p: ("ZCARD", k.retry_schedule(p)),
+            "dead": lambda p: ("ZCARD", k.dead(p)),
+            "dispatch": lambda p: ("XLEN", k.events_stream(p)),
+            "open_breakers": lambda p: ("SCARD", k.open_breakers(p)),
         }
+        partitions = k.all_partitions()
+        replies = await self.runner.run([read(p) for read in reads.values() for p in partitions])
+        n = len(partitions)
+        return {name: sum(replies[i * n : (i + 1) * n]) for i, name in enumerate(reads)}
 
     async def _page(
-        self, index: str, after: str | None, count: int, *, newest_first: bool
+        self, indexes: Sequence[str], after: str | None, count: int, *, newest_first: bool
     ) -> list[str]:
-        """Up to `count` ids of a lexicographic delivery index, past the cursor `after`."""
+        """Up to `count` ids past the cursor `after` of the lexicographic delivery indexes
+        taken together (a page of each, merged)."""
         if newest_first:
             upper = f"({after}" if after else "+"
-            raw = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=count)
+            reads = [("ZREVRANGEBYLEX", i, upper, "-", "LIMIT", 0, count) for i in indexes]
         else:
             lower = f"({after}" if after else "-"
-            raw = await self.redis.zrangebylex(index, lower, "+", start=0, num=count)
-        return [r.decode() for r in raw]
+            reads = [("ZRANGEBYLEX", i, lower, "+", "LIMIT", 0, count) for i in indexes]
+        pages = await self.runner.run(reads)
+        merged = sorted({r.decode() for page in pages for r in page}, reverse=newest_first)
+        return merged[:count]
 
 
 def _hash(raw: list[bytes] | dict[bytes, bytes]) -> dict[str, str]:

@@ -1,124 +1,203 @@
 """Every Redis key the router uses (the subscriber registry's own keys are in
 `subscriptions.keys`): no key is spelled anywhere but here.
 
-All keys of one deployment share the hash tag `{<prefix>}`, so every multi-key transaction and
-Lua script touches a single hash slot. See docs/architecture.md for the layout as a whole.
+The router's work is split over `ROUTER_PARTITIONS` partitions, each a hash tag: an event,
+its deliveries and every queue entry for them live in one partition, so every Lua script
+touches a single hash slot while a Redis Cluster spreads the partitions over its masters.
+An event id carries its partition (`subscriptions.ids.id_mark`), and so does every delivery
+id made from it. A subscriber's breaker lives in the partition its id hashes to. Keys that
+belong to no event (API keys, tokens, process heartbeats) share the registry's tag.
+
+With one partition every key shares the tag `{<prefix>}`. With more, partition p's tag is
+`{<prefix>:p:<salt>}`, the salt chosen so the tag's slot falls in the p-th place of a
+bit-reversed spread of the 16,384 slots: any first N partitions are spread evenly over the
+slot space (16 land 6/5/5 on the three equal slot ranges of a 3-master cluster), and a
+partition's tag does not depend on how many there are. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import TypeVar
 
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from subscriptions.ids import id_mark
 from subscriptions.keys import tag
+
+_SPREAD_BITS = 10  # 1,024 places on the slot circle, one per possible partition
+T = TypeVar("T")
+
+
+def _reversed_bits(value: int, width: int) -> int:
+    return int(f"{value:0{width}b}"[::-1], 2)
+
+
+@lru_cache(maxsize=4096)
+def partition_tag(prefix: str, partition: int, partitions: int) -> str:
+    """The hash tag of `partition` when the work is split `partitions` ways."""
+    if partitions == 1:
+        return tag(prefix)
+    width = REDIS_CLUSTER_HASH_SLOTS >> _SPREAD_BITS
+    low = _reversed_bits(partition, _SPREAD_BITS) * width
+    salt = 0
+    while not low <= key_slot(f"{prefix}:{partition}:{salt}".encode()) < low + width:
+        salt += 1
+    return "{" + f"{prefix}:{partition}:{salt}" + "}"
+
+
+def _mark(id_body: str) -> int:
+    # An id that is not one of ours (an operator's typo, a hostile path) names partition 0,
+    # where it is simply not found.
+    try:
+        return id_mark(id_body)
+    except ValueError:
+        return 0
+
+
+def event_partition(event_id: str) -> int:
+    """The partition an event (`evt_…`) was stored in."""
+    return _mark(event_id[4:30])
+
+
+def delivery_partition(delivery_id: str) -> int:
+    """The partition a delivery (`dlv_<event's id><subscriber suffix>`) lives in."""
+    return _mark(delivery_id[4:30])
+
+
+def by_partition(items: Iterable[T], partition: Callable[[T], int]) -> dict[int, list[T]]:
+    """`items` grouped by partition, each group in the given order."""
+    groups: dict[int, list[T]] = defaultdict(list)
+    for item in items:
+        groups[partition(item)].append(item)
+    return groups
 
 
 class RouterKeys:
     """Key names under one prefix (`ROUTER_KEY_PREFIX`, `wr` by default)."""
 
-    def __init__(self, prefix: str = "wr") -> None:
+    def __init__(self, prefix: str = "wr", partitions: int = 1) -> None:
         self.prefix = prefix
-        self._p = tag(prefix)
+        self.partitions = partitions
+        self._g = tag(prefix)
 
-    # --- operator API keys (router.storage.keyring) ---
+    def _p(self, partition: int) -> str:
+        return partition_tag(self.prefix, partition, self.partitions)
+
+    def _event_tag(self, event_id: str) -> str:
+        return self._g if self.partitions == 1 else self._p(event_partition(event_id))
+
+    def _delivery_tag(self, delivery_id: str) -> str:
+        return self._g if self.partitions == 1 else self._p(delivery_partition(delivery_id))
+
+    def partition_for(self, identity: str) -> int:
+        """The partition an event with this dedupe identity goes to: the same identity always
+        lands in the same partition, so its duplicates are found there."""
+        return zlib.crc32(identity.encode("utf-8", "surrogatepass")) % self.partitions
+
+    def breaker_partition(self, subscriber_id: str) -> int:
+        return zlib.crc32(subscriber_id.encode()) % self.partitions
+
+    def all_partitions(self) -> range:
+        return range(self.partitions)
+
+    # --- operator API keys (router.storage.keyring) and processes ---
     @property
     def api_keys(self) -> str:
         """Hash: api key id -> key JSON (name, current scopes; never a token)."""
-        return f"{self._p}:api-keys"
+        return f"{self._g}:api-keys"
 
     @property
     def api_key_ids(self) -> str:
         """Sorted set (all scores 0): api key ids, for cursor pagination."""
-        return f"{self._p}:api-keys:ids"
+        return f"{self._g}:api-keys:ids"
 
     def token(self, token_hash: str) -> str:
         """String: JSON of the key id and the scopes this token was issued with."""
-        return f"{self._p}:token:{token_hash}"
+        return f"{self._g}:token:{token_hash}"
+
+    def consumer_heartbeat(self, consumer: str) -> str:
+        """String with TTL: present while the process consuming as `consumer` is alive."""
+        return f"{self._g}:consumer:{consumer}"
 
     # --- events (ingest, router.storage.ledger) ---
-    @property
-    def events_stream(self) -> str:
+    def events_stream(self, partition: int) -> str:
         """Stream of accepted events awaiting dispatch (consumer group `dispatch`)."""
-        return f"{self._p}:events"
+        return f"{self._p(partition)}:events"
 
     def event(self, event_id: str) -> str:
         """Hash: the stored event (raw body and routing fields)."""
-        return f"{self._p}:event:{event_id}"
+        return f"{self._event_tag(event_id)}:event:{event_id}"
 
     def event_deliveries(self, event_id: str) -> str:
         """Sorted set (all scores 0): the delivery ids made for one event."""
-        return f"{self._p}:event:{event_id}:deliveries"
+        return f"{self._event_tag(event_id)}:event:{event_id}:deliveries"
 
-    def dedupe(self, webhook_id: str) -> str:
+    def dedupe(self, partition: int, webhook_id: str) -> str:
         """String: the event id first accepted with this webhook id (expires with the window)."""
         digest = hashlib.sha256(webhook_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        return f"{self._p}:dedupe:{digest}"
+        return f"{self._p(partition)}:dedupe:{digest}"
 
-    def body_seen(self, digest: str) -> str:
+    def body_seen(self, partition: int, digest: str) -> str:
         """String: the event id first accepted with this body (sha256 hex; expires with the
         dedupe window)."""
-        return f"{self._p}:seen:{digest[:32]}"
+        return f"{self._p(partition)}:seen:{digest[:32]}"
 
-    @property
-    def stats(self) -> str:
+    def stats(self, partition: int) -> str:
         """Hash of counters that must survive restarts (unroutable events, ...)."""
-        return f"{self._p}:stats"
+        return f"{self._p(partition)}:stats"
 
     # --- deliveries (router.storage.ledger and .history) ---
     def delivery(self, delivery_id: str) -> str:
         """Hash: one delivery's state."""
-        return f"{self._p}:delivery:{delivery_id}"
+        return f"{self._delivery_tag(delivery_id)}:delivery:{delivery_id}"
 
     def delivery_attempts(self, delivery_id: str) -> str:
         """List: JSON of every attempt of one delivery, oldest first."""
-        return f"{self._p}:delivery:{delivery_id}:attempts"
+        return f"{self._delivery_tag(delivery_id)}:delivery:{delivery_id}:attempts"
 
-    @property
-    def deliveries(self) -> str:
-        """Sorted set (all scores 0): every delivery id, in id (= event time) order."""
-        return f"{self._p}:deliveries"
+    def deliveries(self, partition: int) -> str:
+        """Sorted set (all scores 0): the partition's delivery ids, in id (= event time) order."""
+        return f"{self._p(partition)}:deliveries"
 
-    def subscriber_deliveries(self, subscriber_id: str) -> str:
-        """Sorted set (all scores 0): one subscriber's delivery ids, in id order."""
-        return f"{self._p}:subscriber:{subscriber_id}:deliveries"
+    def subscriber_deliveries(self, subscriber_id: str, partition: int) -> str:
+        """Sorted set (all scores 0): one subscriber's delivery ids in a partition, in id order."""
+        return f"{self._p(partition)}:subscriber:{subscriber_id}:deliveries"
 
-    @property
-    def ready_stream(self) -> str:
+    def ready_stream(self, partition: int) -> str:
         """Stream of deliveries ready for an attempt (consumer group `deliver`)."""
-        return f"{self._p}:ready"
+        return f"{self._p(partition)}:ready"
 
-    @property
-    def retry_schedule(self) -> str:
-        """Sorted set: delivery ids waiting for a later attempt, scored by due time (ms)."""
-        return f"{self._p}:retry"
+    def retry_schedule(self, partition: int) -> str:
+        """Sorted set: work members waiting for a later attempt, scored by due time (ms)."""
+        return f"{self._p(partition)}:retry"
 
-    @property
-    def dead(self) -> str:
+    def dead(self, partition: int) -> str:
         """Sorted set (all scores 0): dead delivery ids in id order."""
-        return f"{self._p}:dead"
+        return f"{self._p(partition)}:dead"
 
-    def consumer_heartbeat(self, consumer: str) -> str:
-        """String with TTL: present while the process consuming as `consumer` is alive."""
-        return f"{self._p}:consumer:{consumer}"
-
-    def parked(self, subscriber_id: str) -> str:
+    def parked(self, subscriber_id: str, partition: int) -> str:
         """Sorted set: work members waiting for this subscriber to have room (its concurrency
         bound reached, or its breaker open), scored by when they were parked (ms)."""
-        return f"{self._p}:subscriber:{subscriber_id}:parked"
+        return f"{self._p(partition)}:subscriber:{subscriber_id}:parked"
 
-    @property
-    def parked_subscribers(self) -> str:
-        """Set: subscribers with parked work."""
-        return f"{self._p}:parked"
+    def parked_subscribers(self, partition: int) -> str:
+        """Set: subscribers with parked work in the partition."""
+        return f"{self._p(partition)}:parked"
 
+    # --- breakers: in the partition the subscriber's id hashes to ---
     def breaker(self, subscriber_id: str) -> str:
         """Hash: a subscriber's consecutive failures and breaker state."""
-        return f"{self._p}:breaker:{subscriber_id}"
+        return f"{self._p(self.breaker_partition(subscriber_id))}:breaker:{subscriber_id}"
 
-    @property
-    def open_breakers(self) -> str:
-        """Set: subscribers whose breaker is open."""
-        return f"{self._p}:breakers:open"
+    def open_breakers(self, partition: int) -> str:
+        """Set: subscribers of this breaker partition whose breaker is open."""
+        return f"{self._p(partition)}:breakers:open"
 
     def probe_lock(self, subscriber_id: str) -> str:
         """String with TTL: held while one probe attempt to an open-breaker subscriber runs."""
-        return f"{self._p}:breaker:{subscriber_id}:probe"
+        return f"{self._p(self.breaker_partition(subscriber_id))}:breaker:{subscriber_id}:probe"

@@ -8,23 +8,28 @@ Shapes (names in `router.storage.keys`; the whole layout in docs/architecture.md
   ms) and are moved back by `move_due_retries`; dead ones are indexed in the dead sorted set;
   work for a subscriber with no room waits in its parked set.
 
-Every state change is one Lua script (`router.storage.scripts`) or one MULTI transaction: a
-crash between two Redis calls can leave work to be redone (at-least-once), never work lost or
-a delivery doubled. Operator reads and replays are `router.storage.history`'s.
+Every state change is one Lua script (`router.storage.scripts`) or one MULTI transaction on
+one partition: a crash between two Redis calls can leave work to be redone (at-least-once),
+never work lost or a delivery doubled. Every write that moves work or answers someone is
+`durable`: with replicas, it counts only once one holds it (`router.storage.client`).
+Operator reads and replays are `router.storage.history`'s.
 """
 
 from __future__ import annotations
 
+import math
+import secrets
 from collections.abc import Sequence
 
 from router.core.outcome import Outcome
 from router.core.records import AttemptContext, EventStatus, IncomingEvent, WorkItem
+from router.storage import contexts
 from router.storage.batching import MicroBatcher
 from router.storage.client import CommandRunner
-from router.storage.keys import RouterKeys
-from router.storage.scripts import accept, contexts, deliveries, outcomes, parking, retries
+from router.storage.keys import RouterKeys, by_partition, delivery_partition, event_partition
+from router.storage.scripts import Command, accept, deliveries, outcomes, parking, queue, retries
 from router.storage.streams import DELIVER_GROUP, DISPATCH_GROUP, Heartbeats, Stream
-from subscriptions.ids import id_floor, now_ms
+from subscriptions.ids import id_floor, new_id, now_ms
 from subscriptions.keys import SubscriberKeys
 
 # One accept call carries at most this many body bytes (and 128 events): a script call is
@@ -44,6 +49,10 @@ RoutingFields = dict[str, str | None]  # event, location_id, company_id
 
 def _text(value: bytes | None) -> str | None:
     return None if value is None or value == b"" else value.decode()
+
+
+def _work_partition(item: WorkItem) -> int:
+    return delivery_partition(item.delivery_id)
 
 
 class Ledger:
@@ -66,8 +75,17 @@ class Ledger:
         self.retention = retention
         self.dedupe_window = dedupe_window
         self.max_backlog = max_backlog
-        self.events = Stream(redis, runner, keys, keys.events_stream, DISPATCH_GROUP)
-        self.ready = Stream(redis, runner, keys, keys.ready_stream, DELIVER_GROUP)
+        self.partitions = keys.all_partitions()
+        # Each partition's share of the backlog bound.
+        self._backlog_share = math.ceil(max_backlog / keys.partitions)
+        self.events = [
+            Stream(redis, runner, keys, keys.events_stream(p), DISPATCH_GROUP)
+            for p in self.partitions
+        ]
+        self.ready = [
+            Stream(redis, runner, keys, keys.ready_stream(p), DELIVER_GROUP)
+            for p in self.partitions
+        ]
         self.heartbeats = Heartbeats(redis, keys)
         # Ingest and delivery each get their own lanes, so neither waits behind the other.
         self._accepts = MicroBatcher(
@@ -81,10 +99,22 @@ class Ledger:
         self._outcomes = MicroBatcher(self._finish_batch, max_in_flight=1)
 
     # ---------------------------------------------------------------- ingest
+    def new_event_id(self, *, webhook_id: str | None, body_digest: str | None) -> str:
+        """An id for an event about to be accepted, marked with the partition that stores it:
+        the one its dedupe identity (signed body, else webhook id) maps to, so a duplicate is
+        always looked for where its original is; any partition for an event with neither."""
+        identity = body_digest or webhook_id
+        partitions = self.keys.partitions
+        if identity is not None:
+            partition = self.keys.partition_for(identity)
+        else:
+            partition = secrets.randbelow(partitions) if partitions > 1 else 0
+        return new_id("evt", mark=partition)
+
     async def accept(self, event: IncomingEvent) -> tuple[EventStatus, str]:
         """Store `event` durably (dedupe, backlog check, stream entry) in one script call
-        shared with concurrent requests' accepts; returns once its own write is confirmed,
-        with its status and id (the original's id for a duplicate).
+        shared with concurrent requests' accepts of its partition; returns once its own write
+        is confirmed, with its status and id (the original's id for a duplicate).
 
         Raises Overloaded if the dispatch backlog is full.
         """
@@ -94,32 +124,51 @@ class Ledger:
         return EventStatus(status.decode()), event_id.decode()
 
     async def _accept_batch(self, events: list[IncomingEvent]) -> list[accept.Accepted | Exception]:
-        command, left_out = accept.accept_command(
-            self.keys,
-            events,
-            retention=self.retention,
-            dedupe_window=self.dedupe_window,
-            max_backlog=self.max_backlog,
-        )
-        reply = await self.runner.one(command) if command is not None else []
-        return accept.parse_accept(reply, left_out)
+        groups = by_partition(events, lambda e: event_partition(e.event_id))
+        calls: list[Command] = []
+        parts: list[tuple[list[IncomingEvent], list[Exception | None], int | None]] = []
+        for partition, group in groups.items():
+            command, left_out = accept.accept_command(
+                self.keys,
+                partition,
+                group,
+                retention=self.retention,
+                dedupe_window=self.dedupe_window,
+                max_backlog=self._backlog_share,
+            )
+            parts.append((group, left_out, len(calls) if command is not None else None))
+            if command is not None:
+                calls.append(command)
+        replies = await self.runner.run(calls, raise_on_error=False, durable=True) if calls else []
+        results: dict[int, accept.Accepted | Exception] = {}
+        for group, left_out, at in parts:
+            reply = replies[at] if at is not None else []
+            if isinstance(reply, Exception):
+                parsed: list[accept.Accepted | Exception] = [reply] * len(group)
+            else:
+                parsed = accept.parse_accept(reply, left_out)
+            for event, result in zip(group, parsed, strict=True):
+                results[id(event)] = result
+        return [results[id(event)] for event in events]
 
     async def ensure_groups(self) -> None:
-        """Create both consumer groups (and their streams) if missing; safe to repeat."""
-        await self.events.ensure_group()
-        await self.ready.ensure_group()
+        """Create every partition's consumer groups (and streams) if missing; safe to repeat."""
+        for stream in (*self.events, *self.ready):
+            await stream.ensure_group()
 
     # ---------------------------------------------------------------- dispatch
-    async def read_events(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, str]]:
-        """New (entry id, event id) pairs for this dispatcher."""
-        raw = await self.events.read(consumer, count, block_ms)
+    async def read_events(
+        self, partition: int, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, str]]:
+        """New (entry id, event id) pairs of a partition for this dispatcher."""
+        raw = await self.events[partition].read(consumer, count, block_ms)
         return [(entry, value.decode()) for entry, value in raw]
 
     async def claim_stale_events(
-        self, consumer: str, min_idle_ms: int, count: int = 100
+        self, partition: int, consumer: str, min_idle_ms: int, count: int = 100
     ) -> list[tuple[str, str]]:
         """Events another dispatcher took but will not finish (`Stream.claim_stale`)."""
-        raw = await self.events.claim_stale(consumer, min_idle_ms, count)
+        raw = await self.events[partition].claim_stale(consumer, min_idle_ms, count)
         return [(entry, value.decode()) for entry, value in raw]
 
     async def routing_fields(self, event_ids: Sequence[str]) -> list[RoutingFields | None]:
@@ -143,6 +192,7 @@ class Ledger:
         calls = [
             deliveries.create_deliveries_command(
                 self.keys,
+                event_partition(event_id),
                 group=DISPATCH_GROUP,
                 entry_id=entry_id,
                 event_id=event_id,
@@ -154,18 +204,20 @@ class Ledger:
             )
             for entry_id, event_id, event, subscriber_ids in plans
         ]
-        return sum(int(n) for n in await self.runner.run(calls))
+        return sum(int(n) for n in await self.runner.run(calls, durable=True))
 
     # ---------------------------------------------------------------- delivery
-    async def read_ready(self, consumer: str, count: int, block_ms: int) -> list[WorkItem]:
-        raw = await self.ready.read(consumer, count, block_ms)
+    async def read_ready(
+        self, partition: int, consumer: str, count: int, block_ms: int
+    ) -> list[WorkItem]:
+        raw = await self.ready[partition].read(consumer, count, block_ms)
         return [WorkItem.parse(entry, member) for entry, member in raw]
 
     async def claim_stale_ready(
-        self, consumer: str, min_idle_ms: int, count: int = 100
+        self, partition: int, consumer: str, min_idle_ms: int, count: int = 100
     ) -> list[WorkItem]:
         """Deliveries another worker took but will not finish (`Stream.claim_stale`)."""
-        raw = await self.ready.claim_stale(consumer, min_idle_ms, count)
+        raw = await self.ready[partition].claim_stale(consumer, min_idle_ms, count)
         return [WorkItem.parse(entry, member) for entry, member in raw]
 
     async def attempt_context(self, item: WorkItem) -> AttemptContext:
@@ -188,90 +240,130 @@ class Ledger:
         probe_interval_ms: int = 0,
     ) -> None:
         """Record `outcome` of handling `item`, atomically with the stream acknowledgement
-        (one script call, shared with other outcomes recorded alongside it). A failed attempt
-        opens the subscriber's breaker for `probe_interval_ms` at `breaker_threshold`
-        consecutive failures."""
+        (one script call per partition, shared with other outcomes recorded alongside it),
+        and count it against the subscriber's breaker: a failed attempt opens it for
+        `probe_interval_ms` at `breaker_threshold` consecutive failures, a success closes it."""
         now = now_ms()
         prepared = outcomes.finish_args(
-            self.keys,
-            item,
-            outcome,
-            group=DELIVER_GROUP,
-            now=now,
-            retention=self.retention,
-            breaker_threshold=breaker_threshold,
-            open_until=now + probe_interval_ms,
+            self.keys, item, outcome, group=DELIVER_GROUP, now=now, retention=self.retention
         )
-        await self._outcomes.run(prepared)
+        change = None
+        if outcome.breaker is not None:
+            change = outcomes.BreakerChange(
+                item.subscriber_id, outcome.breaker, breaker_threshold, now + probe_interval_ms
+            )
+        await self._outcomes.run((item, prepared, change))
 
-    async def _finish_batch(self, prepared: list[outcomes.Prepared]) -> list[Exception | None]:
-        reply = await self.runner.one(outcomes.finish_command(self.keys, prepared))
-        return list(outcomes.parse_finish(reply))
+    async def _finish_batch(
+        self, batch: list[tuple[WorkItem, outcomes.Prepared, outcomes.BreakerChange | None]]
+    ) -> list[Exception | None]:
+        by_delivery = by_partition(batch, lambda entry: _work_partition(entry[0]))
+        changes = [change for _, _, change in batch if change is not None]
+        by_breaker = by_partition(changes, lambda c: self.keys.breaker_partition(c.subscriber_id))
+        calls = [
+            outcomes.finish_command(self.keys, p, [prepared for _, prepared, _ in group])
+            for p, group in by_delivery.items()
+        ]
+        calls += [
+            outcomes.breakers_command(self.keys, p, group, retention=self.retention)
+            for p, group in by_breaker.items()
+        ]
+        replies = await self.runner.run(calls, raise_on_error=False, durable=True)
+        results: dict[int, Exception | None] = {}
+        for (_, group), reply in zip(by_delivery.items(), replies, strict=False):
+            parsed: list[Exception | None] = (
+                [reply] * len(group)
+                if isinstance(reply, Exception)
+                else outcomes.parse_finish(reply)
+            )
+            for entry, result in zip(group, parsed, strict=True):
+                results[id(entry)] = result
+        # A breaker that could not be counted fails no outcome: the delivery's own state is
+        # what at-least-once depends on, and the next attempt counts again.
+        return [results[id(entry)] for entry in batch]
 
     async def ack(self, item: WorkItem) -> None:
         """Drop a queue entry that needs no attempt, changing no delivery record."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.keys.ready_stream, DELIVER_GROUP, item.entry_id)
-            pipe.xdel(self.keys.ready_stream, item.entry_id)
-            await pipe.execute()
+        stream = self.keys.ready_stream(_work_partition(item))
+        await self.runner.one(
+            queue.ack_command(stream, DELIVER_GROUP, [item.entry_id]), durable=True
+        )
 
     async def acquire_probe(self, subscriber_id: str, ttl_ms: int) -> bool:
         """True for the one caller allowed to probe an open breaker until `ttl_ms` passes."""
-        return bool(
-            await self.redis.set(self.keys.probe_lock(subscriber_id), b"1", nx=True, px=ttl_ms)
-        )
+        lock = self.keys.probe_lock(subscriber_id)
+        return bool(await self.runner.one(("SET", lock, b"1", "NX", "PX", ttl_ms)))
 
     async def release_probe(self, subscriber_id: str) -> None:
-        await self.redis.delete(self.keys.probe_lock(subscriber_id))
+        await self.runner.one(("DEL", self.keys.probe_lock(subscriber_id)))
 
     async def park(self, items: Sequence[WorkItem]) -> None:
         """Set work aside until its subscriber has room (`release_parked`), acknowledged
         atomically: a subscriber that cannot take more work keeps it out of the shared ready
         queue instead of cycling it through, so others' deliveries never queue behind it."""
-        if items:
-            await self.runner.one(
-                parking.park_command(self.keys, items, group=DELIVER_GROUP, now=now_ms())
-            )
+        if not items:
+            return
+        now = now_ms()
+        calls = [
+            parking.park_command(self.keys, p, group, group=DELIVER_GROUP, now=now)
+            for p, group in by_partition(items, _work_partition).items()
+        ]
+        await self.runner.run(calls, durable=True)
 
-    async def release_parked(self, subscriber_id: str, count: int) -> int:
-        """Move up to `count` of a subscriber's oldest parked work back to the ready queue."""
-        return int(await self.runner.one(parking.release_command(self.keys, subscriber_id, count)))
+    async def release_parked(self, subscriber_id: str, partition: int, count: int) -> int:
+        """Move up to `count` of a subscriber's oldest parked work in `partition` back to the
+        ready queue; returns how many moved."""
+        command = parking.release_command(self.keys, subscriber_id, partition, count)
+        return int(await self.runner.one(command, durable=True))
 
-    async def parked_subscribers(self) -> list[tuple[str, bool]]:
-        """Each subscriber with parked work, and whether its breaker lets attempts through
-        now (closed, or open past its probe time)."""
+    async def parked_subscribers(self) -> list[tuple[str, int, bool]]:
+        """Each (subscriber, partition) with parked work, and whether the subscriber's breaker
+        lets attempts through now (closed, or open past its probe time)."""
         k = self.keys
-        subs = sorted(m.decode() for m in await self.redis.smembers(k.parked_subscribers))
-        if not subs:
+        members = await self.runner.run(
+            [("SMEMBERS", k.parked_subscribers(p)) for p in self.partitions]
+        )
+        parked = sorted(
+            (m.decode(), p) for p, subs in zip(self.partitions, members, strict=True) for m in subs
+        )
+        if not parked:
             return []
+        subs = sorted({sub for sub, _ in parked})
         rows = await self.runner.run([("HGET", k.breaker(sub), "open_until") for sub in subs])
         now = now_ms()
-        return [(sub, int(until or 0) <= now) for sub, until in zip(subs, rows, strict=True)]
+        open_until = {sub: int(until or 0) for sub, until in zip(subs, rows, strict=True)}
+        return [(sub, p, open_until[sub] <= now) for sub, p in parked]
 
     async def hand_back(self, items: Sequence[WorkItem]) -> None:
         """Requeue work this process took but will not start (shutdown) as fresh ready
         entries any worker can read, acknowledging the old ones in the same transaction."""
-        if not items:
-            return
-        k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for item in items:
-                pipe.xadd(k.ready_stream, {"m": item.member})
-            pipe.xack(k.ready_stream, DELIVER_GROUP, *[i.entry_id for i in items])
-            pipe.xdel(k.ready_stream, *[i.entry_id for i in items])
-            await pipe.execute()
+        calls = [
+            queue.hand_back_command(self.keys.ready_stream(p), DELIVER_GROUP, group)
+            for p, group in by_partition(items, _work_partition).items()
+        ]
+        if calls:
+            await self.runner.run(calls, durable=True)
 
-    async def move_due_retries(self, limit: int = MOVE_DUE_LIMIT) -> int:
-        """Move deliveries whose retry time has come back to the ready stream (atomic)."""
-        command = retries.move_due_command(self.keys, now=now_ms(), limit=limit)
-        return int(await self.runner.one(command))
+    async def move_due_retries(self, partition: int, limit: int = MOVE_DUE_LIMIT) -> int:
+        """Move a partition's deliveries whose retry time has come back to its ready stream
+        (atomic); returns how many moved."""
+        command = retries.move_due_command(self.keys, partition, now=now_ms(), limit=limit)
+        return int(await self.runner.one(command, durable=True))
 
     # ---------------------------------------------------------------- maintenance
     async def trim(self) -> None:
         """Forget index entries of deliveries older than the retention (their records have
         expired), and consumers of restarted processes that hold nothing."""
         floor = id_floor("dlv", now_ms() - self.retention * 1000)
-        await self.redis.zremrangebylex(self.keys.dead, "-", f"({floor}")
-        await self.redis.zremrangebylex(self.keys.deliveries, "-", f"({floor}")
-        await self.events.forget_idle_consumers()
-        await self.ready.forget_idle_consumers()
+        await self.runner.run(
+            [
+                command
+                for p in self.partitions
+                for command in (
+                    ("ZREMRANGEBYLEX", self.keys.dead(p), "-", f"({floor}"),
+                    ("ZREMRANGEBYLEX", self.keys.deliveries(p), "-", f"({floor}"),
+                )
+            ]
+        )
+        for stream in (*self.events, *self.ready):
+            await stream.forget_idle_consumers()

@@ -100,10 +100,9 @@ class Stream:
         others = [name for name in owners if name != consumer]
         if not others:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in others:
-                pipe.exists(self.keys.consumer_heartbeat(name))
-            alive = await pipe.execute()
+        alive = await self.runner.run(
+            [("EXISTS", self.keys.consumer_heartbeat(name)) for name in others]
+        )
         out: list[Entry] = []
         for name, is_alive in zip(others, alive, strict=True):
             if is_alive or len(out) >= count:

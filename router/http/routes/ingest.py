@@ -30,7 +30,7 @@ from router.http.operations import Resource, read_body
 from router.http.verification import Refusal, timestamp_refusal
 from router.storage.client import UNAVAILABLE, refusing_writes
 from router.storage.ledger import Overloaded
-from subscriptions.ids import new_id, now_ms
+from subscriptions.ids import now_ms
 
 log = logging.getLogger("router.ingest")
 resource = Resource("ingest")
@@ -206,22 +206,24 @@ async def _accept(request: web.Request, path_event: str | None) -> web.Response:
     catalog = app[CATALOG]
     event_name = catalog.event_for_payload_type(path_event or payload_type)
     webhook_id = _optional_str(payload, "webhookId", MAX_WEBHOOK_ID) or webhook_header
+    # With verification on, a signed body seen before is a replay whatever its fields say:
+    # the platform's envelope fields are optional, the signature covers the body.
+    body_digest = hashlib.sha256(raw).hexdigest() if verifier is not None else None
+    ledger = app[LEDGER]
     incoming = IncomingEvent(
-        event_id=new_id("evt"),
+        event_id=ledger.new_event_id(webhook_id=webhook_id, body_digest=body_digest),
         body=raw,
         event=event_name,
         payload_type=payload_type if isinstance(payload_type, str) else "",
         location_id=_optional_str(payload, "locationId"),
         company_id=_optional_str(payload, "companyId"),
         webhook_id=webhook_id,
-        # With verification on, a signed body seen before is a replay whatever its fields
-        # say: the platform's envelope fields are optional, the signature covers the body.
-        body_digest=hashlib.sha256(raw).hexdigest() if verifier is not None else None,
+        body_digest=body_digest,
         received_at=now_ms(),
         routable=catalog.required_scope(event_name) is not None,
     )
     try:
-        status, event_id = await app[LEDGER].accept(incoming)
+        status, event_id = await ledger.accept(incoming)
     except Overloaded:
         app[METRICS].events_refused.labels(reason="overloaded").inc()
         raise too_many_requests(

@@ -1,5 +1,5 @@
-"""Accepting events: a batch of them in one call (concurrent requests share it, see
-`router.storage.batching`), each deduplicated, stored and queued for dispatch."""
+"""Accepting events: a batch of one partition's events in one call (concurrent requests share
+it, see `router.storage.batching`), each deduplicated, stored and queued for dispatch."""
 
 from __future__ import annotations
 
@@ -70,13 +70,13 @@ return out
 Accepted = tuple[bytes, bytes]
 
 
-def _event_args(keys: RouterKeys, e: IncomingEvent) -> tuple[list[str], list[Any]]:
+def _event_args(keys: RouterKeys, partition: int, e: IncomingEvent) -> tuple[list[str], list[Any]]:
     """One event's keys and STRIDE arguments, every string encoded here (so an unencodable
     one raises before it is part of a batch)."""
     own_keys = [
         keys.event(e.event_id),
-        keys.dedupe(e.webhook_id or e.event_id),
-        keys.body_seen(e.body_digest or e.event_id),
+        keys.dedupe(partition, e.webhook_id or e.event_id),
+        keys.body_seen(partition, e.body_digest or e.event_id),
     ]
     status = EventStatus.accepted if e.routable else EventStatus.unroutable
     args = [
@@ -96,20 +96,22 @@ def _event_args(keys: RouterKeys, e: IncomingEvent) -> tuple[list[str], list[Any
 
 def accept_command(
     keys: RouterKeys,
+    partition: int,
     events: Sequence[IncomingEvent],
     *,
     retention: int,
     dedupe_window: int,
     max_backlog: int,
 ) -> tuple[Command | None, list[Exception | None]]:
-    """The call for `events`, and per event the error that kept it out of the call (None
-    for those in it, in order). The command is None when no event could join."""
-    all_keys: list[str] = [keys.events_stream, keys.stats]
+    """The call for `events` (all of `partition`), and per event the error that kept it out
+    of the call (None for those in it, in order). The command is None when none could join.
+    `max_backlog` is this partition's share of the dispatch backlog."""
+    all_keys: list[str] = [keys.events_stream(partition), keys.stats(partition)]
     args: list[Any] = [retention, dedupe_window, max_backlog]
     left_out: list[Exception | None] = []
     for event in events:
         try:
-            own_keys, own_args = _event_args(keys, event)
+            own_keys, own_args = _event_args(keys, partition, event)
         except (UnicodeError, TypeError, ValueError) as exc:
             # Checked at the HTTP boundary already; should one slip through, it fails its own
             # request only, never the batch it happened to share.

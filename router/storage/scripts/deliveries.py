@@ -48,6 +48,7 @@ return created
 
 def create_deliveries_command(
     keys: RouterKeys,
+    partition: int,
     *,
     group: str,
     entry_id: str,
@@ -58,14 +59,18 @@ def create_deliveries_command(
     retention: int,
     oldest_kept: str,
 ) -> Command:
-    """The call creating one pending delivery per subscriber that has none yet for the event,
-    each queued as ready, and acknowledging the event's dispatch entry (`entry_id`, '' for
-    none) — atomically. Its reply is the number created."""
-    all_keys = [keys.events_stream, keys.ready_stream, keys.deliveries]
-    all_keys.append(keys.event_deliveries(event_id))
+    """The call creating one pending delivery per subscriber that has none yet for the event
+    (of `partition`), each queued as ready, and acknowledging the event's dispatch entry
+    (`entry_id`, '' for none) — atomically. Its reply is the number created."""
+    all_keys = [
+        keys.events_stream(partition),
+        keys.ready_stream(partition),
+        keys.deliveries(partition),
+        keys.event_deliveries(event_id),
+    ]
     args: list[Any] = [group, entry_id, event_id, event, now, retention, oldest_kept]
     for sub in subscriber_ids:
         dlv = delivery_id_for(event_id, sub)
-        all_keys += [keys.delivery(dlv), keys.subscriber_deliveries(sub)]
+        all_keys += [keys.delivery(dlv), keys.subscriber_deliveries(sub, partition)]
         args += [dlv, sub, work_member(dlv, sub, event_id)]
     return SCRIPT.command(all_keys, args)

@@ -1,11 +1,13 @@
-"""Outcomes: what handling a delivery came to, recorded in one call for a batch of them
-(concurrent attempts share it, see `router.storage.batching`), each atomically with its
-ready-stream acknowledgement: the delivery's new state, the attempt's log entry, its retry or
-dead-letter entry, and its subscriber's breaker."""
+"""Outcomes: what handling a delivery came to, recorded in one call per partition for a batch
+of them (concurrent attempts share it, see `router.storage.batching`), each atomically with
+its ready-stream acknowledgement: the delivery's new state, the attempt's log entry, its retry
+or dead-letter entry. The subscriber's breaker, which lives in the subscriber's own partition,
+is counted by the BREAKERS script in the same round trip."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -28,13 +30,12 @@ FIELDS = (
     "schedule_index",
     "reason",
 )
-# Per outcome, KEYS: the delivery, its attempts, its subscriber's breaker. ARGV (STRIDE values):
-# group, entry id, work member, delivery id, attempt JSON ('' = none), retention, retry due
-# ('' = none), dead ('1'/'0'), breaker ('ok'/'fail'/''), breaker threshold, open until,
-# subscriber id, mask (one '1'/'0' per FIELDS entry), then one value per FIELDS entry.
-# KEYS first: retry set, dead set, ready stream, open breakers. Returns 1 per outcome
+# KEYS first: the partition's retry set, dead set, ready stream; then per outcome: the
+# delivery, its attempts. ARGV per outcome (STRIDE values): group, entry id, work member,
+# delivery id, attempt JSON ('' = none), retention, retry due ('' = none), dead ('1'/'0'),
+# mask (one '1'/'0' per FIELDS entry), then one value per FIELDS entry. Returns 1 per outcome
 # recorded, or the error message of one that failed (`pcall`: not its batch's).
-STRIDE = 13 + len(FIELDS)
+STRIDE = 9 + len(FIELDS)
 SCRIPT = Script(
     "finish",
     "local FIELDS = {"
@@ -45,16 +46,15 @@ SCRIPT = Script(
 local out = {}
 local function finish(i)
   local a = STRIDE * i
-  local delivery, attempts, breaker = KEYS[5 + 3 * i], KEYS[6 + 3 * i], KEYS[7 + 3 * i]
+  local delivery, attempts = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
   local group, entry, member, dlv = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local attempt, retention, due, dead = ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
-  local mode, threshold, open_until, sub = ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], ARGV[a + 12]
-  local mask = ARGV[a + 13]
+  local mask = ARGV[a + 9]
   local set = {}
   for j = 1, #FIELDS do
     if string.byte(mask, j) == 49 then
       set[#set + 1] = FIELDS[j]
-      set[#set + 1] = ARGV[a + 13 + j]
+      set[#set + 1] = ARGV[a + 9 + j]
     end
   end
   redis.call('HSET', delivery, unpack(set))
@@ -66,18 +66,8 @@ local function finish(i)
   if dead == '1' then redis.call('ZADD', KEYS[2], 0, dlv) end
   redis.call('XACK', KEYS[3], group, entry)
   redis.call('XDEL', KEYS[3], entry)
-  if mode == 'ok' then
-    if redis.call('DEL', breaker) == 1 then redis.call('SREM', KEYS[4], sub) end
-  elseif mode == 'fail' then
-    local failures = redis.call('HINCRBY', breaker, 'failures', 1)
-    redis.call('EXPIRE', breaker, retention)
-    if failures >= tonumber(threshold) then
-      redis.call('HSET', breaker, 'open_until', open_until)
-      redis.call('SADD', KEYS[4], sub)
-    end
-  end
 end
-for i = 0, (#KEYS - 4) / 3 - 1 do
+for i = 0, (#KEYS - 3) / 2 - 1 do
   local ok, err = pcall(finish, i)
   if ok then
     out[#out + 1] = 1
@@ -89,21 +79,46 @@ return out
 """,
 )
 
-# One outcome's keys and arguments, ready to join a batch.
-Prepared = tuple[tuple[str, str, str], tuple[Any, ...]]
-_BREAKER_MODES = {True: "ok", False: "fail", None: ""}
+# KEYS: the breaker partition's open-breakers set, then per change the subscriber's breaker.
+# ARGV per change: 'ok' (a success: closed) or 'fail' (one more consecutive failure), the
+# threshold that opens it, open until (ms), subscriber id, retention.
+BREAKERS = Script(
+    "breakers",
+    """
+for i = 1, #KEYS - 1 do
+  local a = 5 * (i - 1)
+  local breaker, mode, threshold = KEYS[1 + i], ARGV[a + 1], ARGV[a + 2]
+  local open_until, sub, retention = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  if mode == 'ok' then
+    if redis.call('DEL', breaker) == 1 then redis.call('SREM', KEYS[1], sub) end
+  else
+    local failures = redis.call('HINCRBY', breaker, 'failures', 1)
+    redis.call('EXPIRE', breaker, retention)
+    if failures >= tonumber(threshold) then
+      redis.call('HSET', breaker, 'open_until', open_until)
+      redis.call('SADD', KEYS[1], sub)
+    end
+  end
+end
+""",
+)
+
+# One outcome's keys and arguments, ready to join its partition's batch.
+Prepared = tuple[tuple[str, str], tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class BreakerChange:
+    """A success (`closes`) or a failed attempt counted against a subscriber's breaker."""
+
+    subscriber_id: str
+    closes: bool
+    threshold: int
+    open_until: int
 
 
 def finish_args(
-    keys: RouterKeys,
-    item: WorkItem,
-    outcome: Outcome,
-    *,
-    group: str,
-    now: int,
-    retention: int,
-    breaker_threshold: int,
-    open_until: int,
+    keys: RouterKeys, item: WorkItem, outcome: Outcome, *, group: str, now: int, retention: int
 ) -> Prepared:
     """One outcome's part of a `finish_command`. Raises ValueError for a field the script
     does not set."""
@@ -112,11 +127,7 @@ def finish_args(
     if unknown:
         raise ValueError(f"outcome sets unknown delivery fields: {sorted(unknown)}")
     mask = "".join("1" if name in values else "0" for name in FIELDS)
-    own_keys = (
-        keys.delivery(item.delivery_id),
-        keys.delivery_attempts(item.delivery_id),
-        keys.breaker(item.subscriber_id),
-    )
+    own_keys = (keys.delivery(item.delivery_id), keys.delivery_attempts(item.delivery_id))
     args = (
         group,
         item.entry_id,
@@ -126,23 +137,37 @@ def finish_args(
         retention,
         "" if outcome.retry_at is None else outcome.retry_at,
         "1" if outcome.status is DeliveryStatus.dead else "0",
-        _BREAKER_MODES[outcome.breaker],
-        breaker_threshold,
-        open_until,
-        item.subscriber_id,
         mask,
         *(values.get(name, "") for name in FIELDS),
     )
     return own_keys, args
 
 
-def finish_command(keys: RouterKeys, outcomes: Sequence[Prepared]) -> Command:
-    all_keys: list[str] = [keys.retry_schedule, keys.dead, keys.ready_stream, keys.open_breakers]
+def finish_command(keys: RouterKeys, partition: int, outcomes: Sequence[Prepared]) -> Command:
+    """The call recording `outcomes`, all of deliveries in `partition`."""
+    all_keys: list[str] = [
+        keys.retry_schedule(partition),
+        keys.dead(partition),
+        keys.ready_stream(partition),
+    ]
     args: list[Any] = []
     for own_keys, own_args in outcomes:
         all_keys += own_keys
         args += own_args
     return SCRIPT.command(all_keys, args)
+
+
+def breakers_command(
+    keys: RouterKeys, partition: int, changes: Sequence[BreakerChange], *, retention: int
+) -> Command:
+    """The call applying `changes`, all to subscribers whose breakers are in `partition`."""
+    all_keys = [keys.open_breakers(partition)]
+    args: list[Any] = []
+    for change in changes:
+        all_keys.append(keys.breaker(change.subscriber_id))
+        mode = "ok" if change.closes else "fail"
+        args += [mode, change.threshold, change.open_until, change.subscriber_id, retention]
+    return BREAKERS.command(all_keys, args)
 
 
 def parse_finish(reply: list[Any]) -> list[ResponseError | None]:

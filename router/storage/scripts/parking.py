@@ -40,18 +40,25 @@ return #members / 2
 )
 
 
-def park_command(keys: RouterKeys, items: Sequence[WorkItem], *, group: str, now: int) -> Command:
-    """The call parking `items` (acknowledging their ready entries in the same step)."""
-    all_keys = [keys.ready_stream, keys.parked_subscribers]
+def park_command(
+    keys: RouterKeys, partition: int, items: Sequence[WorkItem], *, group: str, now: int
+) -> Command:
+    """The call parking `items`, all of `partition` (acknowledging their ready entries in the
+    same step)."""
+    all_keys = [keys.ready_stream(partition), keys.parked_subscribers(partition)]
     args: list[Any] = [group, now]
     for item in items:
-        all_keys.append(keys.parked(item.subscriber_id))
+        all_keys.append(keys.parked(item.subscriber_id, partition))
         args += [item.entry_id, item.member, item.subscriber_id]
     return PARK.command(all_keys, args)
 
 
-def release_command(keys: RouterKeys, subscriber_id: str, count: int) -> Command:
-    """The call moving up to `count` of a subscriber's oldest parked work back to the ready
-    stream; its reply is how many moved."""
-    all_keys = [keys.parked(subscriber_id), keys.parked_subscribers, keys.ready_stream]
+def release_command(keys: RouterKeys, subscriber_id: str, partition: int, count: int) -> Command:
+    """The call moving up to `count` of a subscriber's oldest parked work in `partition` back
+    to its ready stream; its reply is how many moved."""
+    all_keys = [
+        keys.parked(subscriber_id, partition),
+        keys.parked_subscribers(partition),
+        keys.ready_stream(partition),
+    ]
     return RELEASE.command(all_keys, [subscriber_id, count])

@@ -19,5 +19,6 @@ return #due
 )
 
 
-def move_due_command(keys: RouterKeys, *, now: int, limit: int) -> Command:
-    return SCRIPT.command([keys.retry_schedule, keys.ready_stream], [now, limit])
+def move_due_command(keys: RouterKeys, partition: int, *, now: int, limit: int) -> Command:
+    keys_used = [keys.retry_schedule(partition), keys.ready_stream(partition)]
+    return SCRIPT.command(keys_used, [now, limit])

@@ -1,9 +1,11 @@
-"""Attempt contexts: what a batch of attempts needs of their deliveries, subscribers and
-breakers, in one call (concurrent attempts share it, see `router.storage.batching`), each
-subscriber read once however many of the batch's deliveries are its.
+"""Attempt contexts: what a batch of attempts needs of their deliveries, events, subscribers
+and breakers, read in one round trip (concurrent attempts share it, see
+`router.storage.batching`), each event, subscriber and breaker read once however many of the
+batch's deliveries need it.
 
-Event bodies are read beside the script, by plain commands in the same round trip: copying
-them through Lua would hold Redis for as long as a batch of large bodies takes.
+Plain reads, no script: a delivery and its event live in their partition, the subscriber in
+the registry and the breaker in the subscriber's breaker partition, so on a Redis Cluster
+they are on different nodes; the client sends each node its share of the batch at once.
 """
 
 from __future__ import annotations
@@ -14,28 +16,9 @@ from typing import Any, TypeVar
 
 from router.core.records import AttemptContext, WorkItem
 from router.storage.keys import RouterKeys
-from router.storage.scripts import Command, Script
+from router.storage.scripts import Command
 
-# KEYS: subscribers hash, then n deliveries, s breakers. ARGV: n, s, s subscriber ids.
-# Returns the n deliveries (HMGET of DELIVERY_FIELDS), s subscribers (JSON or nil), s breakers
-# (HGETALL).
-SCRIPT = Script(
-    "contexts",
-    """
-local n, s = tonumber(ARGV[1]), tonumber(ARGV[2])
-local deliveries, subscribers, breakers = {}, {}, {}
-for i = 1, n do
-  deliveries[i] = redis.call('HMGET', KEYS[1 + i], 'status', 'attempts', 'schedule_index')
-end
-for i = 1, s do
-  subscribers[i] = redis.call('HGET', KEYS[1], ARGV[2 + i])
-  breakers[i] = redis.call('HGETALL', KEYS[1 + n + i])
-end
-return {deliveries, subscribers, breakers}
-""",
-)
-
-# What an attempt needs of its delivery record (the rest is for operators), as the script reads.
+# What an attempt needs of its delivery record (the rest is for operators).
 DELIVERY_FIELDS = ("status", "attempts", "schedule_index")
 EVENT_FIELDS = ("body", "event", "location_id", "company_id", "received_at")
 _T = TypeVar("_T")
@@ -52,16 +35,15 @@ class ContextsCall:
 
 
 def contexts_call(keys: RouterKeys, subscribers_hash: str, items: list[WorkItem]) -> ContextsCall:
+    """The reads for `items`: per item its delivery; per event, subscriber and breaker once;
+    the subscribers all in one HMGET of the registry's hash."""
     subs = list(dict.fromkeys(item.subscriber_id for item in items))
     event_ids = list(dict.fromkeys(item.event_id for item in items))
-    script_keys = [
-        subscribers_hash,
-        *(keys.delivery(item.delivery_id) for item in items),
-        *(keys.breaker(sub) for sub in subs),
-    ]
-    commands = [
-        SCRIPT.command(script_keys, [len(items), len(subs), *subs]),
+    commands: list[Command] = [
+        *(("HMGET", keys.delivery(item.delivery_id), *DELIVERY_FIELDS) for item in items),
         *(("HMGET", keys.event(event_id), *EVENT_FIELDS) for event_id in event_ids),
+        ("HMGET", subscribers_hash, *subs),
+        *(("HGETALL", keys.breaker(sub)) for sub in subs),
     ]
     return ContextsCall(items, subs, event_ids, commands)
 
@@ -100,18 +82,21 @@ def _delivery_fields(row: list[bytes | None]) -> dict[str, str]:
     return {f: v.decode() for f, v in zip(DELIVERY_FIELDS, row, strict=True) if v is not None}
 
 
-def _pairs(flat: list[bytes]) -> dict[str, str]:
-    """A hash as a script returns it (field, value, field, value...), decoded."""
-    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+def _pairs(raw: list[bytes] | dict[bytes, bytes]) -> dict[str, str]:
+    """HGETALL's reply, decoded: a flat list under RESP2, a dict under RESP3 (and fakeredis)."""
+    if isinstance(raw, dict):
+        return {k.decode(): v.decode() for k, v in raw.items()}
+    return {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
 
 
 def parse_contexts(call: ContextsCall, replies: Sequence[Any]) -> list[AttemptContext | Exception]:
     """Each item's context, in order. Each shared record is decoded once; a malformed one (or
     its read's error) fails only the items that need it, not the batch."""
-    reply, *event_rows = replies
-    if isinstance(reply, Exception):
-        raise reply
-    deliveries, raw_subs, raw_breakers = reply
+    n, e = len(call.items), len(call.events)
+    deliveries, event_rows = replies[:n], replies[n : n + e]
+    raw_subs, raw_breakers = replies[n + e], replies[n + e + 1 :]
+    if isinstance(raw_subs, Exception):
+        raise raw_subs
     subscriber = dict(zip(call.subscribers, raw_subs, strict=True))
     breaker = {s: _decoded(_pairs, r) for s, r in zip(call.subscribers, raw_breakers, strict=True)}
     events = {e: _decoded(_event_fields, r) for e, r in zip(call.events, event_rows, strict=True)}
