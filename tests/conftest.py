@@ -48,14 +48,19 @@ def _sweep_real_redis() -> Iterator[None]:
     """Delete every test prefix's keys once more at the end of the session: an app torn down
     after the `redis` fixture's own cleanup may have written a few keys (stream, heartbeat)."""
     yield
-    if not REAL_REDIS_URL or not _USED_PREFIXES:
+    if not REAL_REDIS_URL:
         return
-    client = SyncRedis.from_url(REAL_REDIS_URL)
+    for prefix in _USED_PREFIXES:
+        delete_keys_sync(REAL_REDIS_URL, prefix)
+
+
+def delete_keys_sync(url: str, prefix: str) -> None:
+    """Delete every key of `prefix` on the single Redis at `url`."""
+    client = SyncRedis.from_url(url)
     try:
-        for prefix in _USED_PREFIXES:
-            keys = list(client.scan_iter(match=key_pattern(prefix), count=1000))
-            if keys:
-                client.delete(*keys)
+        keys = list(client.scan_iter(match=key_pattern(prefix), count=1000))
+        if keys:
+            client.delete(*keys)
     finally:
         client.close()
 

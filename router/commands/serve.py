@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import secrets
 import sys
 from typing import Any
 
 from pydantic import SecretStr
 
+from router.commands.processes import add_processes_option, supervise
 from router.http.app import create_app
 from router.http.server import serve_until_stopped
 from router.http.verification import build_verifier
@@ -41,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve HTTP only; run `webhook-router worker` processes to deliver",
     )
+    add_processes_option(serve, "serving")
+    # Set by `--processes` for its children: they share the port.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=serve_command)
 
     worker = subparsers.add_parser(
@@ -50,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "other serve/worker process on the same Redis. Needs REDIS_URL. SIGTERM drains: no new "
         "work is taken and attempts in flight finish (or are handed back) before exit.",
     )
+    add_processes_option(worker, "worker")
     worker.set_defaults(func=worker_command)
 
 
@@ -97,11 +103,36 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD)
 
 
+def _refuse_processes(settings: Settings, count: int) -> str | None:
+    """Why `count` serving processes cannot run with these settings, or None."""
+    if count > 1 and settings.embedded:
+        return (
+            "--processes: the embedded store lives inside one process, so only 1 can run "
+            "without REDIS_URL"
+        )
+    if count > 1 and settings.port == 0:
+        return "--processes: the processes share one port, so ROUTER_PORT cannot be 0"
+    return None
+
+
 def serve_command(args: argparse.Namespace) -> int:
-    settings, generated = with_admin_token(_prepare({"host": args.host, "port": args.port}))
+    prepared = _prepare({"host": args.host, "port": args.port})
+    if problem := _refuse_processes(prepared, args.processes):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    settings, generated = with_admin_token(prepared)
     if generated is not None:
         # Printed, never logged: this is the only time anyone can see it.
         print(f"ROUTER_ADMIN_TOKEN was not set; generated admin token: {generated}", flush=True)
+    if args.processes > 1:
+        command = ["serve", "--reuse-port", "--host", settings.host, "--port", str(settings.port)]
+        if args.no_workers:
+            command.append("--no-workers")
+        assert settings.admin_token is not None  # with_admin_token set one
+        # The children share the parent's admin token, generated or not.
+        env = {**os.environ, "ROUTER_ADMIN_TOKEN": settings.admin_token.get_secret_value()}
+        grace = settings.delivery_timeout + 10
+        return supervise(command, args.processes, env, grace=grace)
     if settings.embedded:
         log.warning(
             "REDIS_URL is not set: running on the embedded in-memory store; "
@@ -122,6 +153,7 @@ def serve_command(args: argparse.Namespace) -> int:
             port=settings.port,
             shutdown_timeout=settings.delivery_timeout + 5,
             keepalive_timeout=settings.client_timeout,
+            reuse_port=args.reuse_port,
         )
 
     asyncio.run(main())
@@ -136,6 +168,9 @@ def worker_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.processes > 1:
+        grace = settings.delivery_timeout + 10
+        return supervise(["worker"], args.processes, dict(os.environ), grace=grace)
     _use_uvloop()
 
     async def main() -> None:
