@@ -136,7 +136,7 @@ async def test_no_content_response_has_no_body(document: dict[str, Any]) -> None
 
 async def test_declared_error_statuses_are_documented(document: dict[str, Any]) -> None:
     responses = document["paths"]["/v1/api-keys/{id}"]["patch"]["responses"]
-    assert set(responses) == {"200", "400", "401", "403", "404", "408", "413", "422", "500"}
+    assert set(responses) == {"200", "400", "401", "403", "404", "408", "413", "422", "500", "503"}
 
 
 async def test_operation_ids_are_handler_names_and_tags_are_resources(

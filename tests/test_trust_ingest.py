@@ -642,3 +642,16 @@ def test_a_weak_admin_token_stops_serve_with_one_line() -> None:
     assert done.stderr.decode().strip().splitlines() == [
         "error: ROUTER_ADMIN_TOKEN: must be at least 16 characters long"
     ]
+
+
+async def test_an_operator_request_while_the_store_is_down_is_503_with_retry_after(
+    aiohttp_client: Any, key_prefix: str
+) -> None:
+    dead = Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)  # nothing there
+    client = await aiohttp_client(create_app(make_settings(key_prefix), redis=dead))
+    resp = await client.get("/v1/subscribers", headers=ADMIN)
+    assert resp.status == 503
+    assert int(resp.headers["Retry-After"]) > 0
+    assert (await resp.json())["errors"][0]["extensions"]["code"] == "UNAVAILABLE"
+    ingest = await client.post("/webhooks", json=platform_event("ContactCreate"))
+    assert ingest.status == 429  # the platform retries only 429

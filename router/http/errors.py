@@ -14,8 +14,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
+from redis.exceptions import ResponseError
+
+from router.storage.client import UNAVAILABLE, refusing_writes
 
 log = logging.getLogger("router.errors")
+
+STORE_RETRY_AFTER = 5
 
 
 class ErrorExtensions(BaseModel):
@@ -145,6 +150,7 @@ _HTTP_CODES = {
     431: "REQUEST_HEADER_FIELDS_TOO_LARGE",
     422: "VALIDATION_FAILED",
     429: "TOO_MANY_REQUESTS",
+    503: "UNAVAILABLE",
 }
 
 
@@ -178,9 +184,37 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return _from_http_exception(exc)
+    except UNAVAILABLE as exc:
+        # Redis unreachable, a slot without a master, a write no replica confirmed: the
+        # request may be repeated once the store is back, and says so.
+        log.warning(
+            "store unavailable on %s %s (%s)", request.method, _route(request), type(exc).__name__
+        )
+        return ApiError(
+            503,
+            "UNAVAILABLE",
+            "The store is unavailable for now; retry later",
+            headers={"Retry-After": str(STORE_RETRY_AFTER)},
+        ).response()
+    except ResponseError as exc:
+        if not refusing_writes(exc):
+            return _internal(request)
+        return ApiError(
+            503,
+            "UNAVAILABLE",
+            "The store refuses writes for now; retry later",
+            headers={"Retry-After": str(STORE_RETRY_AFTER)},
+        ).response()
     except Exception:
-        # The route's template, not the path: a path is the client's to fill.
-        route = request.match_info.route.resource
-        where = route.canonical if route is not None else "an unmatched route"
-        log.exception("unhandled error on %s %s", request.method, where)
-        return ApiError(500, "INTERNAL", "Internal error").response()
+        return _internal(request)
+
+
+def _route(request: web.Request) -> str:
+    """The route's template, not the path: a path is the client's to fill."""
+    route = request.match_info.route.resource
+    return route.canonical if route is not None else "an unmatched route"
+
+
+def _internal(request: web.Request) -> web.Response:
+    log.exception("unhandled error on %s %s", request.method, _route(request))
+    return ApiError(500, "INTERNAL", "Internal error").response()

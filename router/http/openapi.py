@@ -193,7 +193,8 @@ def _responses(
     # 400 can come from any request (a malformed request line or header, before routing).
     statuses = set(op.errors) | {400, 500}
     if op.scope is not None:
-        statuses |= {401, 403}
+        # Operator routes read or write the store, which may be unavailable for a while.
+        statuses |= {401, 403, 503}
     if op.body is not None or op.documented_body is not None:
         statuses |= {408, 413}
     for status, description in op.extra_responses.items():

@@ -66,10 +66,11 @@ UNAVAILABLE = (
     RedisConnectionError,
     RedisTimeoutError,
     OSError,
-    SlotNotCoveredError,
     ClusterError,
     ClusterDownError,
     TryAgainError,
+    # No node of the cluster answers (SlotNotCoveredError is one of these).
+    RedisClusterException,
 )
 
 # Error replies of a Redis that is reachable but refusing writes for now: memory full, a
