@@ -26,6 +26,7 @@ OVERLAY_SETTING = "ROUTER_CATALOG_OVERLAY"
 ACCESS_TYPES = ("Sub-Account", "Company")
 
 _ENDPOINT = re.compile(r"([A-Z]+) (/\S*)")
+_RESOURCE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*){0,7}")
 
 
 class ScopeEntry(BaseModel):
@@ -70,6 +71,12 @@ class CatalogData(BaseModel):
     version: str = Field(min_length=1)
     scopes: list[ScopeEntry]
     aliases: dict[str, str] = Field(default_factory=dict)
+    resource_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per event, the dotted path of the payload field naming the resource it "
+        "is about (`id`, `conversationId`): ordered subscribers get one event of a resource "
+        "at a time",
+    )
 
 
 class _Overlay(BaseModel):
@@ -77,6 +84,7 @@ class _Overlay(BaseModel):
 
     events: dict[str, str] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
+    resource_keys: dict[str, str] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +121,7 @@ class _Route:
 class Catalog:
     """An immutable scope catalog with O(1) event lookups and precompiled endpoint templates."""
 
-    __slots__ = ("_aliases", "_event_scopes", "_routes", "_scopes", "_version")
+    __slots__ = ("_aliases", "_event_scopes", "_resource_keys", "_routes", "_scopes", "_version")
 
     def __init__(self, data: CatalogData) -> None:
         """Build the catalog from validated data.
@@ -148,6 +156,12 @@ class Catalog:
                 )
             if alias in event_scopes and alias != event:
                 raise CatalogError(f"alias '{alias}' would hide the event of the same name")
+        for event, path in data.resource_keys.items():
+            if event not in event_scopes:
+                raise CatalogError(f"resource key for '{event}', which no scope unlocks")
+            if not _RESOURCE_PATH.fullmatch(path):
+                raise CatalogError(f"resource key of '{event}' is not a dotted path: {path!r}")
+        self._resource_keys = MappingProxyType(dict(data.resource_keys))
         self._version = data.version
         self._scopes = MappingProxyType(scopes)
         self._aliases = MappingProxyType(dict(data.aliases))
@@ -254,14 +268,35 @@ class Catalog:
                 for name, entry in self._scopes.items()
             ],
             aliases={**self._aliases, **parsed.aliases},
+            resource_keys={**self._resource_keys, **parsed.resource_keys},
         )
         return Catalog(data)
+
+    def resource_key(self, event: str) -> str | None:
+        """The dotted payload path naming the resource `event` is about, or None."""
+        return self._resource_keys.get(event)
 
     def to_data(self) -> dict[str, Any]:
         """The catalog as JSON-able data in the data file's format; `Catalog(...)` round-trips."""
         return CatalogData(
-            version=self._version, scopes=list(self._scopes.values()), aliases=dict(self._aliases)
+            version=self._version,
+            scopes=list(self._scopes.values()),
+            aliases=dict(self._aliases),
+            resource_keys=dict(self._resource_keys),
         ).model_dump()
+
+
+def resource_value(payload: Mapping[str, Any], path: str) -> str | None:
+    """The resource an event is about: the string or integer at dotted `path` in its payload;
+    None when there is none (such an event is not ordered with others)."""
+    value: Any = payload
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return None
+    return str(value)
 
 
 def load_catalog(path: str | Path | None = None, overlay: str | Path | None = None) -> Catalog:

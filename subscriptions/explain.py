@@ -10,8 +10,22 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from subscriptions.catalog import Catalog
-from subscriptions.models import Subscriber
+from subscriptions.models import Ordering, RateLimit, Subscriber
 from subscriptions.routing import entitlement_refusal, entitlement_refusals
+
+
+class DeliveryTerms(BaseModel):
+    """The subscriber's own terms for a delivery of the event."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rate_limit: RateLimit | None = Field(description="null: no limit")
+    retry_schedule: list[float] | None = Field(description="null: the router's schedule")
+    ordering: Ordering
+    resource_key: str | None = Field(
+        description="With ordering `resource`: the payload field whose value orders the "
+        "event's deliveries (from the catalog); null: not ordered"
+    )
 
 
 class Verdict(BaseModel):
@@ -24,6 +38,7 @@ class Verdict(BaseModel):
     required_scope: str | None = Field(description="The scope the event needs; null if unknown")
     entitled: bool
     reasons: list[str] = Field(description="Every reason the event would not be delivered")
+    delivery: DeliveryTerms = Field(description="How it would be delivered")
 
 
 def explain(
@@ -42,4 +57,10 @@ def explain(
         required_scope=catalog.required_scope(name),
         entitled=entitlement_refusal(subscriber, name, location_id, company_id, catalog) is None,
         reasons=reasons,
+        delivery=DeliveryTerms(
+            rate_limit=subscriber.rate_limit,
+            retry_schedule=subscriber.retry_schedule,
+            ordering=subscriber.ordering,
+            resource_key=catalog.resource_key(name) if subscriber.ordering == "resource" else None,
+        ),
     )

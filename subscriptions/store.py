@@ -21,6 +21,8 @@ from subscriptions.explain import explain as explain_verdict
 from subscriptions.ids import new_id, now_ms
 from subscriptions.keys import SubscriberKeys
 from subscriptions.models import (
+    Ordering,
+    RateLimit,
     SigningSecret,
     Subscriber,
     SubscriberStatus,
@@ -66,7 +68,19 @@ class Page(NamedTuple):
 
 # Fields an update may replace; everything else (id, secrets, version, times) the store owns.
 UPDATABLE_FIELDS = frozenset(
-    {"name", "url", "scopes", "events", "location_ids", "company_id", "status", "status_reason"}
+    {
+        "name",
+        "url",
+        "scopes",
+        "events",
+        "location_ids",
+        "company_id",
+        "status",
+        "status_reason",
+        "rate_limit",
+        "retry_schedule",
+        "ordering",
+    }
 )
 # How often a read-modify-write without If-Match is retried when it loses a race.
 _WRITE_ATTEMPTS = 5
@@ -131,6 +145,9 @@ class SubscriberStore:
         location_ids: Sequence[str] | None = None,
         company_id: str | None = None,
         secret: str | None = None,
+        rate_limit: RateLimit | None = None,
+        retry_schedule: Sequence[float] | None = None,
+        ordering: Ordering = "none",
     ) -> Subscriber:
         """Register a new, active subscriber and index its scopes.
 
@@ -154,6 +171,9 @@ class SubscriberStore:
             secrets=[SigningSecret(secret=secret or generate_secret())],
             created_at=now,
             updated_at=now,
+            rate_limit=rate_limit,
+            retry_schedule=None if retry_schedule is None else list(retry_schedule),
+            ordering=ordering,
             **fields,
         )
         await self.save(subscriber)

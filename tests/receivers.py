@@ -18,6 +18,7 @@ further request gets the path's `then` reply (200 unless programmed otherwise).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -48,6 +49,11 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    answered: int = 200  # the status the receiver answered with
+
+    @property
+    def status_ok(self) -> bool:
+        return 200 <= self.answered < 300
 
     def header(self, name: str) -> str | None:
         """A header by case-insensitive name."""
@@ -69,6 +75,7 @@ class Receiver:
         self._arrived = asyncio.Condition()
         self._in_flight: dict[str, int] = defaultdict(int)
         self._peak: dict[str, int] = defaultdict(int)
+        self._flaky: dict[str, tuple[float, random.Random]] = {}
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -100,6 +107,10 @@ class Receiver:
         """Answer the next requests to `path` with `replies` in order, and `then` after."""
         self._planned[path] = deque(_reply(r) for r in replies)
         self._then[path] = _reply(then)
+
+    def fail_randomly(self, path: str, probability: float, seed: int = 7) -> None:
+        """Answer each request to `path` with 500 with `probability`, else 200."""
+        self._flaky[path] = (probability, random.Random(seed))
 
     def requests(self, path: str | None = None) -> list[Received]:
         """Every request received so far (to `path`, if given), in arrival order."""
@@ -133,9 +144,12 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         body = await request.read()
-        record = Received(path, dict(request.headers), body, time.monotonic())
         planned = self._planned[path]
         reply = planned.popleft() if planned else self._then.get(path, Reply())
+        if path in self._flaky:
+            probability, dice = self._flaky[path]
+            reply = Reply(500) if dice.random() < probability else Reply(200)
+        record = Received(path, dict(request.headers), body, time.monotonic(), reply.status)
         self._in_flight[path] += 1
         self._peak[path] = max(self._peak[path], self._in_flight[path])
         async with self._arrived:

@@ -337,3 +337,40 @@ async def test_unreachable_service_is_one_error_line_and_exit_1(
     assert captured.out == ""
     assert captured.err.startswith(f"error: cannot reach {url}: ")
     assert captured.err.count("\n") == 1
+
+
+async def test_subscribers_add_and_update_set_the_delivery_terms(
+    base_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    created = await add_subscriber(
+        capsys,
+        "--rate-limit",
+        "5",
+        "--burst",
+        "2",
+        "--retry-schedule",
+        "1,10",
+        "--ordering",
+        "resource",
+    )
+    assert created["rate_limit"] == {"per_second": 5.0, "burst": 2}
+    assert (created["retry_schedule"], created["ordering"]) == ([1.0, 10.0], "resource")
+    changed = await run_json(
+        capsys,
+        "subscribers",
+        "update",
+        created["id"],
+        "--no-rate-limit",
+        "--default-retry-schedule",
+        "--ordering",
+        "none",
+    )
+    assert (changed["rate_limit"], changed["retry_schedule"], changed["ordering"]) == (
+        None,
+        None,
+        "none",
+    )
+
+
+async def test_subscribers_update_with_nothing_to_change_is_refused(base_url: str) -> None:
+    assert await run("subscribers", "update", "sub_x") == 2

@@ -33,7 +33,7 @@ def _children(pid: int) -> list[int]:
     return [int(line) for line in done.stdout.split()]
 
 
-def _wait_for(check, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(check, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"

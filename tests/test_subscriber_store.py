@@ -352,6 +352,12 @@ async def test_explain_an_entitled_subscriber_has_no_reasons(store: SubscriberSt
         "required_scope": "contacts.readonly",
         "entitled": True,
         "reasons": [],
+        "delivery": {
+            "rate_limit": None,
+            "retry_schedule": None,
+            "ordering": "none",
+            "resource_key": None,
+        },
     }
 
 

@@ -15,6 +15,9 @@ from subscriptions.models import SubscriberStatus
 
 URL = "https://example.com/hook"
 CREATED_FIELDS = {
+    "rate_limit",
+    "retry_schedule",
+    "ordering",
     "id",
     "name",
     "url",
@@ -449,6 +452,12 @@ async def test_explain_returns_the_verdict(
             "missing scope conversations/message.readonly",
             "event belongs to another tenant",
         ],
+        "delivery": {
+            "rate_limit": None,
+            "retry_schedule": None,
+            "ordering": "none",
+            "resource_key": None,
+        },
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from router.commands.client import (
@@ -83,7 +84,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="only events of this location (repeatable; default: any location)",
     )
     add.add_argument("--company", dest="company_id", help="only events of this company")
+    add_flow_options(add)
     add.set_defaults(func=add_subscriber)
+
+    update = commands.add_parser(
+        "update",
+        parents=[connection],
+        help="change a subscriber's delivery terms",
+        description="Change a subscriber's rate limit, retry schedule or ordering (needs "
+        "write_subscribers); what is not given stays as it is.",
+    )
+    update.add_argument("id", metavar="ID", help="subscriber id (sub_…)")
+    add_flow_options(update, clearable=True)
+    update.set_defaults(func=update_subscriber)
 
     show = commands.add_parser(
         "show",
@@ -115,6 +128,79 @@ def list_subscribers(args: argparse.Namespace) -> int:
     return run_request(args, "GET", "/v1/subscribers" + page_query(args), page(SUBSCRIBER_COLUMNS))
 
 
+def _schedule(value: str) -> list[float]:
+    try:
+        delays = [float(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be comma-separated seconds, e.g. 5,30,120") from None
+    if not delays:
+        raise argparse.ArgumentTypeError("must be comma-separated seconds, e.g. 5,30,120")
+    return delays
+
+
+def add_flow_options(parser: argparse.ArgumentParser, *, clearable: bool = False) -> None:
+    """The delivery-term flags of `add` and `update` (`update` can also remove them)."""
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="PER_SECOND",
+        help="at most this many requests a second, across every router process",
+    )
+    parser.add_argument(
+        "--burst", type=int, help="requests allowed at once after a pause (default 1)"
+    )
+    parser.add_argument(
+        "--retry-schedule",
+        type=_schedule,
+        metavar="SECONDS",
+        help="seconds between attempts, comma-separated (default: the router's)",
+    )
+    parser.add_argument(
+        "--ordering",
+        choices=("none", "resource"),
+        help="resource: deliveries about one resource (contact, opportunity...) one at a "
+        "time, in the order their events arrived",
+    )
+    if clearable:
+        parser.add_argument("--no-rate-limit", action="store_true", help="remove the rate limit")
+        parser.add_argument(
+            "--default-retry-schedule",
+            action="store_true",
+            help="use the router's retry schedule again",
+        )
+
+
+def flow_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The delivery terms the flags set, as the API takes them."""
+    body: dict[str, Any] = {}
+    if args.rate_limit is not None:
+        body["rate_limit"] = {"per_second": args.rate_limit}
+        if args.burst is not None:
+            body["rate_limit"]["burst"] = args.burst
+    elif getattr(args, "no_rate_limit", False):
+        body["rate_limit"] = None
+    if args.retry_schedule is not None:
+        body["retry_schedule"] = args.retry_schedule
+    elif getattr(args, "default_retry_schedule", False):
+        body["retry_schedule"] = None
+    if args.ordering is not None:
+        body["ordering"] = args.ordering
+    return body
+
+
+def update_subscriber(args: argparse.Namespace) -> int:
+    """Change a subscriber's delivery terms and print it; 0, or 1 on an API error."""
+    body = flow_fields(args)
+    if not body:
+        print(
+            "error: nothing to change: give --rate-limit, --retry-schedule or --ordering",
+            file=sys.stderr,
+        )
+        return 2
+    path = f"/v1/subscribers/{path_segment(args.id)}"
+    return run_request(args, "PATCH", path, record, body)
+
+
 def add_subscriber(args: argparse.Namespace) -> int:
     """Register a subscriber and print it with its secret; 0, or 1 on an API error."""
     body: dict[str, Any] = {"name": args.name, "url": args.target_url, "scopes": args.scopes}
@@ -124,6 +210,7 @@ def add_subscriber(args: argparse.Namespace) -> int:
         body["location_ids"] = args.location_ids
     if args.company_id:
         body["company_id"] = args.company_id
+    body.update(flow_fields(args))
     return run_request(args, "POST", "/v1/subscribers", record, body)
 
 

@@ -14,6 +14,10 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+import orjson
+
+from subscriptions.catalog import resource_value
+
 
 class EventStatus(StrEnum):
     accepted = "accepted"
@@ -81,6 +85,18 @@ class AttemptContext(NamedTuple):
     event: dict[str, Any]  # body, event, location_id, company_id, received_at; empty: expired
     subscriber: bytes | None  # the subscriber's JSON; None: deleted
     breaker: dict[str, str]  # failures, open_until; empty: closed
+
+
+def resource_of(body: bytes | None, path: str) -> str | None:
+    """The resource an event's raw body is about (the value at the catalog's dotted `path`);
+    None if the body names none."""
+    if body is None:
+        return None
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return resource_value(payload, path) if isinstance(payload, dict) else None
 
 
 @lru_cache(maxsize=65_536)

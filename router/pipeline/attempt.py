@@ -11,7 +11,9 @@ the queue acknowledgement. How many attempts run at once, and what waits, is
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -20,7 +22,7 @@ import aiohttp
 from router.core import outcome as outcomes
 from router.core.metrics import Metrics
 from router.core.outcome import Outcome
-from router.core.records import TERMINAL, DeliveryStatus, WorkItem
+from router.core.records import TERMINAL, DeliveryStatus, WorkItem, resource_of
 from router.core.retry import RetryPolicy
 from router.core.signing import delivery_headers
 from router.pipeline.client import post_event
@@ -35,6 +37,10 @@ from subscriptions.store import SubscriberStore
 log = logging.getLogger("router.delivery")
 
 BREAKER_HOLD_MS = 1000  # the shortest hold on work an open breaker sent back to be parked
+MAX_RATE_WAIT = 1.0  # seconds; a longer wait is asked again (the limit may have changed)
+DISPATCH_WAIT = 2.0  # seconds an ordered delivery waits for older events' dispatch, at most
+DISPATCH_POLL = 0.01
+STALE_HEADS = 5  # finished entries cleared from an order at one attempt, at most
 SUBSCRIBER_CACHE = 10_000
 
 
@@ -42,6 +48,19 @@ class Held(NamedTuple):
     """The subscriber's open breaker holds its work until `until_ms`: park it till then."""
 
     until_ms: int
+
+
+class Behind(NamedTuple):
+    """An earlier delivery about the same resource comes first: hold this one until then."""
+
+    resource: str
+
+
+class OrderSlot(NamedTuple):
+    """The resource an ordered subscriber's delivery is about."""
+
+    subscriber_id: str
+    resource: str
 
 
 class Attempts:
@@ -62,16 +81,18 @@ class Attempts:
         self.settings = settings
         self.metrics = metrics
         self.policy = RetryPolicy(settings.retry_schedule)
+        self._policies: dict[tuple[float, ...], RetryPolicy] = {}
         self.breaker_threshold = settings.breaker_threshold
         self.probe_interval_ms = int(settings.breaker_probe_interval * 1000)
         self._subscribers: dict[bytes, Subscriber] = {}  # parsed, by their exact JSON
 
     async def attempt(
         self, item: WorkItem, session: aiohttp.ClientSession, answered: Callable[[], None]
-    ) -> Outcome | Held | None:
+    ) -> Outcome | Held | Behind | None:
         """Handle one unit of work: the outcome recorded, `Held` if the breaker sends it back,
-        or None if it needed nothing (a stale duplicate, an expired record). `answered` is
-        called as soon as the receiver has answered, before the outcome is recorded."""
+        `Behind` if an earlier delivery about its resource must go first, or None if it needed
+        nothing (a stale duplicate, an expired record). `answered` is called as soon as the
+        receiver has answered, before the outcome is recorded."""
         delivery, event, raw_subscriber, breaker = await self.ledger.attempt_context(item)
         if not delivery:
             # Its record outlived ROUTER_RETENTION before an attempt: the backlog is longer
@@ -88,16 +109,21 @@ class Attempts:
         if raw_subscriber is None:
             return await self.record(item, outcomes.skipped("subscriber deleted"))
         subscriber = self._subscriber(raw_subscriber)
+        order = self._order_slot(subscriber, event)
         refusal = entitlement_refusal(
             subscriber, event["event"], event["location_id"], event["company_id"], self.catalog
         )
         if refusal is not None:
-            return await self.record(item, outcomes.skipped(refusal))
+            return await self.record(item, outcomes.skipped(refusal), order)
+        if order is not None and not await self._first_in_order(item, order):
+            return Behind(order.resource)
         probing = await self._breaker_gate(item, breaker)
         if isinstance(probing, Held):
             return probing
         try:
-            return await self._post(item, delivery, event, subscriber, session, answered)
+            if subscriber.rate_limit is not None:
+                await self._wait_for_rate(subscriber)
+            return await self._post(item, delivery, event, subscriber, session, answered, order)
         finally:
             if probing:
                 await self.ledger.release_probe(item.subscriber_id)
@@ -112,7 +138,9 @@ class Attempts:
         )
         await self.record(item, outcomes.failed_internally(error))
 
-    async def record(self, item: WorkItem, outcome: Outcome) -> Outcome:
+    async def record(
+        self, item: WorkItem, outcome: Outcome, order: OrderSlot | None = None
+    ) -> Outcome:
         await self.ledger.finish(
             item,
             outcome,
@@ -120,7 +148,62 @@ class Attempts:
             probe_interval_ms=self.probe_interval_ms,
         )
         self.metrics.delivered(outcome.metric).inc()
+        if order is not None and outcome.status in TERMINAL:
+            # Finished, it no longer holds back the deliveries after it about its resource.
+            await self.ledger.leave_order(order.subscriber_id, order.resource, item.delivery_id)
         return outcome
+
+    def _order_slot(self, subscriber: Subscriber, event: dict[str, Any]) -> OrderSlot | None:
+        """The resource this delivery is ordered by, if the subscriber orders its deliveries
+        and the event names one (an event without it is ordered with nothing)."""
+        if subscriber.ordering != "resource":
+            return None
+        path = self.catalog.resource_key(event["event"])
+        resource = None if path is None else resource_of(event["body"], path)
+        return None if resource is None else OrderSlot(subscriber.id, resource)
+
+    async def _first_in_order(self, item: WorkItem, order: OrderSlot) -> bool:
+        """True if the delivery may be attempted now: first among its resource's pending
+        deliveries, once every older event has been dispatched (an older one still waiting
+        in another partition would otherwise be overtaken). An entry left by a delivery that
+        finished without leaving (a crash) is cleared on the way."""
+        deadline = time.monotonic() + DISPATCH_WAIT
+        while (mark := await self.ledger.dispatch_watermark()) is not None and mark < item.event_id:
+            if time.monotonic() > deadline:
+                break  # dispatch is stuck elsewhere; order as far as it has got
+            await asyncio.sleep(DISPATCH_POLL)
+        for _ in range(STALE_HEADS):
+            first = await self.ledger.enter_order(
+                order.subscriber_id, order.resource, item.delivery_id
+            )
+            if first == item.delivery_id:
+                return True
+            status = await self.ledger.delivery_status(first)
+            if status is not None and DeliveryStatus(status) not in TERMINAL:
+                return False
+            await self.ledger.leave_order(order.subscriber_id, order.resource, first)
+        return False
+
+    async def _wait_for_rate(self, subscriber: Subscriber) -> None:
+        """Wait until the subscriber's rate limit lets one more request go (booked then):
+        throttled work waits in its slot, it is not failed."""
+        limit = subscriber.rate_limit
+        assert limit is not None
+        while wait := await self.ledger.throttle(
+            subscriber.id, per_second=limit.per_second, burst=limit.burst
+        ):
+            await asyncio.sleep(min(wait, MAX_RATE_WAIT))
+
+    def _policy(self, subscriber: Subscriber) -> RetryPolicy:
+        if subscriber.retry_schedule is None:
+            return self.policy
+        schedule = tuple(subscriber.retry_schedule)
+        policy = self._policies.get(schedule)
+        if policy is None:
+            if len(self._policies) >= SUBSCRIBER_CACHE:
+                self._policies.clear()
+            policy = self._policies[schedule] = RetryPolicy(schedule)
+        return policy
 
     def _subscriber(self, raw: bytes) -> Subscriber:
         """Parse a subscriber's JSON once per version of it, not once per attempt."""
@@ -152,6 +235,7 @@ class Attempts:
         sub: Subscriber,
         session: aiohttp.ClientSession,
         answered: Callable[[], None],
+        order: OrderSlot | None,
     ) -> Outcome:
         number = int(delivery.get("attempts", 0)) + 1
         started = now_ms()
@@ -178,11 +262,11 @@ class Attempts:
             result,
             attempt=number,
             failures=int(delivery.get("schedule_index", 0)),
-            policy=self.policy,
+            policy=self._policy(sub),
             started_ms=started,
             now_ms=now_ms(),
         )
-        await self.record(item, outcome)
+        await self.record(item, outcome, order)
         if result.succeeded and event["received_at"]:
             self.metrics.end_to_end_seconds.observe((now_ms() - event["received_at"]) / 1000)
         if outcome.disable_reason is not None:

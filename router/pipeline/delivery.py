@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 
 from router.core.outcome import Outcome
 from router.core.records import WorkItem
-from router.pipeline.attempt import Attempts, Held
+from router.pipeline.attempt import Attempts, Behind, Held
 from router.pipeline.client import open_session
 from router.pipeline.consumer import READ_BLOCK_MS, Consumer
 from router.settings import Settings
@@ -251,6 +251,8 @@ class DeliveryWorker:
             result = await self.attempts.attempt(item, self.session, lambda: self._free_slot(item))
             if isinstance(result, Held):
                 await self._hold(item, result.until_ms)
+            elif isinstance(result, Behind):
+                await self.ledger.hold_for_order(item, result.resource)
             elif isinstance(result, Outcome) and result.breaker:
                 self._held_until.pop(item.subscriber_id, None)  # its breaker closed
         except UNAVAILABLE:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from router.core.metrics import Metrics
+from router.core.records import delivery_id_for, resource_of
 from router.pipeline.consumer import Consumer
 from router.storage.ledger import Ledger, Plan
 from subscriptions.models import Subscriber
@@ -57,6 +58,7 @@ class Dispatcher:
         batch_size: int = 200,
     ) -> None:
         self.ledger = ledger
+        self.catalog = store.catalog
         self.cache = EntitlementCache(store)
         self.metrics = metrics
         self.consumer = consumer
@@ -92,11 +94,27 @@ class Dispatcher:
     async def _room(self) -> int:
         return self.batch_size
 
+    async def _order_entries(
+        self, to_order: list[tuple[str, str, list[str]]]
+    ) -> list[tuple[str, str, str]]:
+        """(subscriber, resource, delivery id) for each ordered subscriber of each event that
+        names a resource."""
+        if not to_order:
+            return []
+        bodies = await self.ledger.event_bodies([event_id for event_id, _, _ in to_order])
+        entries = []
+        for (event_id, path, subscribers), body in zip(to_order, bodies, strict=True):
+            resource = resource_of(body, path)
+            if resource is not None:
+                entries += [(s, resource, delivery_id_for(event_id, s)) for s in subscribers]
+        return entries
+
     async def dispatch(self, batch: list[tuple[str, str]]) -> int:
         """Create the deliveries of a batch of (entry id, event id); returns how many."""
         await self.cache.refresh()
         routing = await self.ledger.routing_fields([event_id for _, event_id in batch])
         plans: list[Plan] = []
+        to_order: list[tuple[str, str, list[str]]] = []
         for (entry_id, event_id), fields in zip(batch, routing, strict=True):
             if fields is None:  # expired before dispatch: nothing to deliver, just ack
                 plans.append((entry_id, event_id, "", []))
@@ -106,6 +124,12 @@ class Dispatcher:
                 (event, fields["location_id"], fields["company_id"])
             )
             plans.append((entry_id, event_id, event, [s.id for s in subscribers]))
+            ordered = [s.id for s in subscribers if s.ordering == "resource"]
+            if ordered and (path := self.catalog.resource_key(event)) is not None:
+                to_order.append((event_id, path, ordered))
+        # Entered in their resources' orders before they are queued, so no later delivery
+        # about the same resource can be attempted before these are known to come first.
+        await self.ledger.enter_orders(await self._order_entries(to_order))
         created = await self.ledger.create_deliveries(plans)
         self.metrics.delivered("created").inc(created)
         return created

@@ -25,6 +25,7 @@ from router.settings import Settings
 from router.storage.client import UNAVAILABLE
 from router.storage.ledger import MOVE_DUE_LIMIT, Ledger
 from subscriptions.catalog import Catalog
+from subscriptions.ids import now_ms
 from subscriptions.store import SubscriberStore
 
 log = logging.getLogger("router.workers")
@@ -32,6 +33,9 @@ log = logging.getLogger("router.workers")
 RETRY_POLL_SECONDS = 0.2
 TRIM_EVERY_SECONDS = 60.0
 PARKED_RELEASE_SECONDS = 1.0
+# Held work first in its order is normally woken by its predecessor; one held just as that
+# finished is found by the release loop once it has waited this long.
+ORDER_STRANDED_AFTER_MS = 2000
 HEARTBEAT_EVERY_SECONDS = 2.0
 HEARTBEAT_TTL_MS = 10_000  # a process silent this long is presumed dead; its work is taken over
 
@@ -156,6 +160,7 @@ class WorkerGroup:
                 for subscriber_id, partition, can in await self.ledger.parked_subscribers():
                     if can:
                         await self.ledger.release_parked(subscriber_id, partition, batch)
+                await self.ledger.wake_stranded_orders(now_ms() - ORDER_STRANDED_AFTER_MS)
             except UNAVAILABLE:
                 pass
             except Exception:

@@ -201,3 +201,28 @@ class RouterKeys:
     def probe_lock(self, subscriber_id: str) -> str:
         """String with TTL: held while one probe attempt to an open-breaker subscriber runs."""
         return f"{self._p(self.breaker_partition(subscriber_id))}:breaker:{subscriber_id}:probe"
+
+    # --- per-subscriber flow: in the subscriber's own partition, like its breaker ---
+    def rate(self, subscriber_id: str) -> str:
+        """String with TTL: the subscriber's rate limit's theoretical arrival time (GCRA, ms)."""
+        return f"{self._p(self.breaker_partition(subscriber_id))}:rate:{subscriber_id}"
+
+    def order(self, subscriber_id: str, resource: str) -> str:
+        """Sorted set (all scores 0): a resource's pending deliveries to an ordered subscriber,
+        in id (= event time) order; the first is the one that may be attempted."""
+        digest = hashlib.sha256(resource.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        tag = self._p(self.breaker_partition(subscriber_id))
+        return f"{tag}:order:{subscriber_id}:{digest}"
+
+    def order_held(self, subscriber_id: str, partition: int) -> str:
+        """Sorted set: work members of an ordered subscriber set aside until they are first in
+        their resource's order, scored by when (ms)."""
+        return f"{self._p(partition)}:subscriber:{subscriber_id}:order-held"
+
+    def order_held_keys(self, partition: int) -> str:
+        """Hash: held work member -> the order set it waits in."""
+        return f"{self._p(partition)}:order-held:keys"
+
+    def order_held_subscribers(self, partition: int) -> str:
+        """Set: ordered subscribers with work set aside in the partition."""
+        return f"{self._p(partition)}:order-held"

@@ -19,15 +19,25 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from collections.abc import Sequence
 
 from router.core.outcome import Outcome
-from router.core.records import AttemptContext, EventStatus, IncomingEvent, WorkItem
+from router.core.records import AttemptContext, EventStatus, IncomingEvent, WorkItem, work_member
 from router.storage import contexts
 from router.storage.batching import MicroBatcher
 from router.storage.client import CommandRunner
 from router.storage.keys import RouterKeys, by_partition, delivery_partition, event_partition
-from router.storage.scripts import Command, accept, deliveries, outcomes, parking, queue, retries
+from router.storage.scripts import (
+    Command,
+    accept,
+    deliveries,
+    flow,
+    outcomes,
+    parking,
+    queue,
+    retries,
+)
 from router.storage.streams import DELIVER_GROUP, DISPATCH_GROUP, Heartbeats, Stream
 from subscriptions.ids import id_floor, new_id, now_ms
 from subscriptions.keys import SubscriberKeys
@@ -36,6 +46,7 @@ from subscriptions.keys import SubscriberKeys
 # atomic, and a huge one would hold Redis up for everyone else.
 ACCEPT_BATCH_BYTES = 1_048_576
 MOVE_DUE_LIMIT = 1000
+WATERMARK_TTL = 0.02  # seconds a read of the dispatch watermark is reused
 
 
 class Overloaded(Exception):
@@ -87,6 +98,8 @@ class Ledger:
             for p in self.partitions
         ]
         self.heartbeats = Heartbeats(redis, keys)
+        self._watermark: str | None = None
+        self._watermark_at = float("-inf")
         # Ingest and delivery each get their own lanes, so neither waits behind the other.
         self._accepts = MicroBatcher(
             self._accept_batch, weight=lambda e: len(e.body), max_weight=ACCEPT_BATCH_BYTES
@@ -349,6 +362,111 @@ class Ledger:
         (atomic); returns how many moved."""
         command = retries.move_due_command(self.keys, partition, now=now_ms(), limit=limit)
         return int(await self.runner.one(command, durable=True))
+
+    # ---------------------------------------------------------------- per-subscriber flow
+    async def throttle(self, subscriber_id: str, *, per_second: float, burst: int) -> float:
+        """0 if a request to the subscriber may go now (it is booked against its rate limit),
+        else the seconds to wait before asking again."""
+        command = flow.throttle_command(
+            self.keys.rate(subscriber_id), per_second=per_second, burst=burst
+        )
+        return int(await self.runner.one(command)) / 1_000_000
+
+    async def enter_orders(self, entries: Sequence[tuple[str, str, str]]) -> None:
+        """Enter deliveries, each (subscriber, resource, delivery id), in their resources'
+        orders (dispatch does, before the deliveries are queued)."""
+        if entries:
+            await self.runner.run(
+                [
+                    flow.enter_command(
+                        self.keys.order(sub, resource), dlv, retention=self.retention
+                    )
+                    for sub, resource, dlv in entries
+                ],
+                durable=True,
+            )
+
+    async def enter_order(self, subscriber_id: str, resource: str, delivery_id: str) -> str:
+        """Enter a delivery in its resource's order (if dispatch has not); the delivery now
+        first in it, the one that may be attempted."""
+        order_key = self.keys.order(subscriber_id, resource)
+        command = flow.enter_command(order_key, delivery_id, retention=self.retention)
+        return (await self.runner.one(command, durable=True)).decode()
+
+    async def delivery_status(self, delivery_id: str) -> str | None:
+        """A delivery's status; None once its record is gone."""
+        status = await self.runner.one(("HGET", self.keys.delivery(delivery_id), "status"))
+        return None if status is None else status.decode()
+
+    async def event_bodies(self, event_ids: Sequence[str]) -> list[bytes | None]:
+        return await self.runner.run([("HGET", self.keys.event(e), "body") for e in event_ids])
+
+    async def dispatch_watermark(self) -> str | None:
+        """The oldest event still waiting for dispatch in any partition; None if none waits.
+        Every event older than it has its deliveries created (and entered in their orders)."""
+        now = time.monotonic()
+        if now - self._watermark_at > WATERMARK_TTL:
+            heads = await self.runner.run(
+                [
+                    ("XRANGE", self.keys.events_stream(p), "-", "+", "COUNT", 1)
+                    for p in self.partitions
+                ]
+            )
+            oldest = [entry[0][1][1].decode() for entry in heads if entry]
+            self._watermark = min(oldest) if oldest else None
+            self._watermark_at = now
+        return self._watermark
+
+    async def hold_for_order(self, item: WorkItem, resource: str) -> None:
+        """Set work aside, out of the ready stream, until it is first in its order."""
+        command = flow.hold_command(
+            self.keys,
+            _work_partition(item),
+            item,
+            self.keys.order(item.subscriber_id, resource),
+            group=DELIVER_GROUP,
+            now=now_ms(),
+        )
+        await self.runner.one(command, durable=True)
+
+    async def leave_order(self, subscriber_id: str, resource: str, delivery_id: str) -> None:
+        """A finished delivery leaves its order; the next, if it waits held, is woken."""
+        order_key = self.keys.order(subscriber_id, resource)
+        following = await self.runner.one(flow.leave_command(order_key, delivery_id), durable=True)
+        if following is not None:
+            await self._wake(subscriber_id, following.decode())
+
+    async def _wake(self, subscriber_id: str, delivery_id: str) -> int:
+        member = work_member(delivery_id, subscriber_id, "evt_" + delivery_id[4:30])
+        command = flow.wake_command(
+            self.keys, delivery_partition(delivery_id), subscriber_id, member
+        )
+        return int(await self.runner.one(command, durable=True))
+
+    async def wake_stranded_orders(self, held_before: int, limit: int = 100) -> int:
+        """Wake held work that is first in its order but was not woken (its predecessor
+        finished while it was being set aside); returns how many."""
+        k, woken = self.keys, 0
+        subs = await self.runner.run(
+            [("SMEMBERS", k.order_held_subscribers(p)) for p in self.partitions]
+        )
+        for p, members in zip(self.partitions, subs, strict=True):
+            for sub in (m.decode() for m in members):
+                held = await self.runner.one(
+                    ("ZRANGEBYSCORE", k.order_held(sub, p), "-inf", held_before, "LIMIT", 0, limit)
+                )
+                if not held:
+                    continue
+                order_keys = await self.runner.one(("HMGET", k.order_held_keys(p), *held))
+                firsts = await self.runner.run(
+                    [("ZRANGE", key, 0, 0) for key in order_keys if key is not None]
+                )
+                first = {f[0] for f in firsts if f}
+                for member in held:
+                    delivery_id = member.split(b" ", 1)[0]
+                    if delivery_id in first:
+                        woken += await self._wake(sub, delivery_id.decode())
+        return woken
 
     # ---------------------------------------------------------------- maintenance
     async def trim(self) -> None:

@@ -32,7 +32,7 @@ from router.settings import Settings
 from subscriptions.catalog import Catalog
 from subscriptions.explain import Verdict
 from subscriptions.ids import rfc3339
-from subscriptions.models import Subscriber, SubscriberStatus
+from subscriptions.models import Ordering, RateLimit, RetrySchedule, Subscriber, SubscriberStatus
 from subscriptions.store import StaleVersion
 
 resource = Resource("subscribers")
@@ -54,6 +54,16 @@ EventName = Annotated[Token, catalog_names("events")]
 EventOrAlias = Annotated[Token, catalog_names("events and aliases")]
 QueryText = Annotated[str, StringConstraints(max_length=200)]
 Problems = list[tuple[str, str]]
+_RATE_LIMIT = (
+    "Requests per second to this subscriber, across every router process; throttled "
+    "deliveries wait, they are not failed"
+)
+_RETRY_SCHEDULE = "Seconds between this subscriber's attempts, overriding the router's"
+_ORDERING = (
+    "`resource`: deliveries about the same resource (the catalog names its payload field per "
+    "event, `resource_keys`) are attempted one at a time in the order their events were "
+    "accepted, a failing one holding back only its own resource"
+)
 
 _SECRET_RULE = "must be whsec_ followed by the base64 of 24 to 64 bytes"
 # The same rule as a regex, so the OpenAPI document states it: 8-21 base64 quads (24-63
@@ -100,6 +110,9 @@ class SubscriberCreate(BaseModel):
         description="whsec_ + base64 of 24-64 bytes; generated when absent",
         pattern=SECRET_PATTERN,
     )
+    rate_limit: RateLimit | None = Field(default=None, description=_RATE_LIMIT)
+    retry_schedule: RetrySchedule | None = Field(default=None, description=_RETRY_SCHEDULE)
+    ordering: Ordering = Field(default="none", description=_ORDERING)
 
     _secret = field_validator("secret")(_check_secret)
 
@@ -130,6 +143,13 @@ class SubscriberPatch(BaseModel):
         default=None,
         description="`disabled` is set only by the router (410 Gone)",
         json_schema_extra=_no_default,
+    )
+    rate_limit: RateLimit | None = Field(default=None, description=_RATE_LIMIT + "; null: none")
+    retry_schedule: RetrySchedule | None = Field(
+        default=None, description=_RETRY_SCHEDULE + "; null: the router's"
+    )
+    ordering: Ordering = Field(  # type: ignore[assignment]
+        default=None, description=_ORDERING, json_schema_extra=_no_default
     )
 
 
@@ -178,6 +198,11 @@ class SubscriberBase(BaseModel):
     company_id: str | None
     status: SubscriberStatus
     status_reason: str | None
+    rate_limit: RateLimit | None = Field(description=_RATE_LIMIT + "; null: none")
+    retry_schedule: list[float] | None = Field(
+        description=_RETRY_SCHEDULE + "; null: the router's (ROUTER_RETRY_SCHEDULE)"
+    )
+    ordering: Ordering = Field(description=_ORDERING)
     created_at: str
     updated_at: str
 
@@ -218,6 +243,9 @@ def _base(sub: Subscriber) -> dict[str, Any]:
                 "company_id",
                 "status",
                 "status_reason",
+                "rate_limit",
+                "retry_schedule",
+                "ordering",
             }
         ),
         "created_at": rfc3339(sub.created_at),
@@ -360,7 +388,7 @@ async def patch_subscriber(request: web.Request, body: SubscriberPatch) -> web.R
     changes = body.model_dump(include=body.model_fields_set)
     problems: Problems = [
         (field, "must not be null")
-        for field in ("name", "url", "scopes", "status")
+        for field in ("name", "url", "scopes", "status", "ordering")
         if field in changes and changes[field] is None
     ]
     if changes.get("url") is not None:
