@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Seconds one delivery attempt may take."
     )
     subscriber_concurrency: int = Field(
-        default=10, gt=0, description="Attempts in flight to one subscriber, per worker."
+        default=32, gt=0, description="Attempts in flight to one subscriber, per worker."
     )
     breaker_threshold: int = Field(
         default=20, gt=0, description="Consecutive failures that open a subscriber's breaker."

@@ -41,6 +41,14 @@ def new_id(prefix: str, now_ms: int | None = None, *, mark: int = 0) -> str:
 _VALUES = {c: i for i, c in enumerate(_ALPHABET)}
 
 
+def id_time(body: str) -> int:
+    """The creation time (ms) of an id's 26-character body; 0 if it is not such a body."""
+    try:
+        return int("".join(f"{_VALUES[c]:05b}" for c in body[:10]), 2) >> 2
+    except KeyError:
+        return 0
+
+
 def id_mark(body: str) -> int:
     """The mark of an id's 26-character body (the part after `<prefix>_`); 0 if it has none.
     Raises ValueError if `body` is not such a body."""

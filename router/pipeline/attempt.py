@@ -22,7 +22,7 @@ import aiohttp
 from router.core import outcome as outcomes
 from router.core.metrics import Metrics
 from router.core.outcome import Outcome
-from router.core.records import TERMINAL, DeliveryStatus, WorkItem, resource_of
+from router.core.records import TERMINAL, AttemptContext, DeliveryStatus, WorkItem, resource_of
 from router.core.retry import RetryPolicy
 from router.core.signing import delivery_headers
 from router.pipeline.client import post_event
@@ -87,13 +87,22 @@ class Attempts:
         self._subscribers: dict[bytes, Subscriber] = {}  # parsed, by their exact JSON
 
     async def attempt(
-        self, item: WorkItem, session: aiohttp.ClientSession, answered: Callable[[], None]
+        self,
+        item: WorkItem,
+        session: aiohttp.ClientSession,
+        answered: Callable[[], None],
+        context: AttemptContext | Exception | None = None,
     ) -> Outcome | Held | Behind | None:
         """Handle one unit of work: the outcome recorded, `Held` if the breaker sends it back,
         `Behind` if an earlier delivery about its resource must go first, or None if it needed
         nothing (a stale duplicate, an expired record). `answered` is called as soon as the
-        receiver has answered, before the outcome is recorded."""
-        delivery, event, raw_subscriber, breaker = await self.ledger.attempt_context(item)
+        receiver has answered, before the outcome is recorded. `context` is the attempt's, if
+        it was read with the work; else it is read now."""
+        if context is None:
+            context = await self.ledger.attempt_context(item)
+        elif isinstance(context, Exception):
+            raise context
+        delivery, event, raw_subscriber, breaker = context
         if not delivery:
             # Its record outlived ROUTER_RETENTION before an attempt: the backlog is longer
             # than the retention. Counted and logged, never silent.
@@ -123,7 +132,9 @@ class Attempts:
         try:
             if subscriber.rate_limit is not None:
                 await self._wait_for_rate(subscriber)
-            return await self._post(item, delivery, event, subscriber, session, answered, order)
+            return await self._post(
+                item, delivery, event, subscriber, session, answered, order, not breaker
+            )
         finally:
             if probing:
                 await self.ledger.release_probe(item.subscriber_id)
@@ -139,13 +150,19 @@ class Attempts:
         await self.record(item, outcomes.failed_internally(error))
 
     async def record(
-        self, item: WorkItem, outcome: Outcome, order: OrderSlot | None = None
+        self,
+        item: WorkItem,
+        outcome: Outcome,
+        order: OrderSlot | None = None,
+        *,
+        breaker_clear: bool = False,
     ) -> Outcome:
         await self.ledger.finish(
             item,
             outcome,
             breaker_threshold=self.breaker_threshold,
             probe_interval_ms=self.probe_interval_ms,
+            breaker_clear=breaker_clear,
         )
         self.metrics.delivered(outcome.metric).inc()
         if order is not None and outcome.status in TERMINAL:
@@ -236,6 +253,7 @@ class Attempts:
         session: aiohttp.ClientSession,
         answered: Callable[[], None],
         order: OrderSlot | None,
+        breaker_clear: bool,
     ) -> Outcome:
         number = int(delivery.get("attempts", 0)) + 1
         started = now_ms()
@@ -266,7 +284,8 @@ class Attempts:
             started_ms=started,
             now_ms=now_ms(),
         )
-        await self.record(item, outcome, order)
+        # A success closes the breaker; there is nothing to close if no failure was counted.
+        await self.record(item, outcome, order, breaker_clear=breaker_clear)
         if result.succeeded and event["received_at"]:
             self.metrics.end_to_end_seconds.observe((now_ms() - event["received_at"]) / 1000)
         if outcome.disable_reason is not None:

@@ -21,7 +21,7 @@ import aiohttp
 from redis.exceptions import ResponseError
 
 from router.core.outcome import Outcome
-from router.core.records import WorkItem
+from router.core.records import AttemptContext, WorkItem
 from router.pipeline.attempt import Attempts, Behind, Held
 from router.pipeline.client import open_session
 from router.pipeline.consumer import READ_BLOCK_MS, Consumer
@@ -55,6 +55,10 @@ class WaitingWork:
 
     def __contains__(self, subscriber_id: str) -> bool:
         return subscriber_id in self._queues
+
+    def length(self, subscriber_id: str) -> int:
+        queue = self._queues.get(subscriber_id)
+        return 0 if queue is None else len(queue)
 
     def offer(self, item: WorkItem) -> bool:
         """Queue `item`; False if its subscriber's queue is full."""
@@ -224,31 +228,52 @@ class DeliveryWorker:
             await self.session.close()
 
     async def _admit(self, items: list[WorkItem]) -> None:
-        overflow = []
+        overflow, starting = [], []
         for item in items:
             sub = item.subscriber_id
             if self._inflight[sub] < self.per_subscriber:
-                self._start(item)
+                self._inflight[sub] += 1  # taken now; the attempt starts with its context
+                starting.append(item)
             elif not self._waiting.offer(item):
                 overflow.append(item)
+        if starting:
+            # Read with the work, in one round trip for all that start now; work that waits
+            # here reads its own when it starts (a context read now would be stale by then).
+            try:
+                contexts = await self.ledger.attempt_contexts(starting)
+            except BaseException:
+                for item in starting:
+                    self._inflight[item.subscriber_id] -= 1
+                raise
+            for item, context in zip(starting, contexts, strict=True):
+                self._start(item, context, slot_taken=True)
         if overflow:
             self._overread += len(overflow)
             await self.ledger.park(overflow)
             for item in overflow:
                 self._note_parked(item)
 
-    def _start(self, item: WorkItem) -> None:
-        self._inflight[item.subscriber_id] += 1
+    def _start(
+        self,
+        item: WorkItem,
+        context: AttemptContext | Exception | None = None,
+        *,
+        slot_taken: bool = False,
+    ) -> None:
+        if not slot_taken:
+            self._inflight[item.subscriber_id] += 1
         self._holding.add(item)
         self._running.add(item)
         self._load += 1
-        task = asyncio.create_task(self._run_one(item))
+        task = asyncio.create_task(self._run_one(item, context))
         self._tasks.add(task)
 
-    async def _run_one(self, item: WorkItem) -> None:
+    async def _run_one(self, item: WorkItem, context: AttemptContext | Exception | None) -> None:
         assert self.session is not None, "attempts start only while `run` runs"
         try:
-            result = await self.attempts.attempt(item, self.session, lambda: self._free_slot(item))
+            result = await self.attempts.attempt(
+                item, self.session, lambda: self._free_slot(item), context
+            )
             if isinstance(result, Held):
                 await self._hold(item, result.until_ms)
             elif isinstance(result, Behind):
@@ -301,19 +326,27 @@ class DeliveryWorker:
         waiting = self._waiting.take(sub)
         if waiting is not None:
             self._start(waiting)
-        room = self.per_subscriber - self._inflight[sub]
         if self._inflight[sub] == 0:
             del self._inflight[sub]
+        self._release_if_room(sub)
+
+    def _release_if_room(self, sub: str) -> None:
+        """Bring back a subscriber's parked work (oldest events first) once it has room: a
+        free slot and a local queue at most half full, and no breaker holding it. Waiting for
+        an empty queue, work parked under steady load waited until the load stopped: new
+        work kept the queue from emptying."""
+        room = self.per_subscriber - self._inflight.get(sub, 0)
+        queued = self._waiting.length(sub)
         if (
             sub in self._parked
             and sub not in self._releasing
-            and sub not in self._waiting
             and room > 0
+            and queued <= self.waiting_per_subscriber // 2
             and not self._held(sub)
         ):
             # Enough for its free slots and its local queue: released a slot's worth at a
             # time, a backlog came back one round trip per finished attempt.
-            self._start_release(sub, room + self.waiting_per_subscriber)
+            self._start_release(sub, room + self.waiting_per_subscriber - queued)
 
     def _held(self, sub: str) -> bool:
         until = self._held_until.get(sub)

@@ -239,6 +239,11 @@ class Ledger:
         one round trip shared with the attempts starting alongside it."""
         return await self._contexts.run(item)
 
+    async def attempt_contexts(self, items: list[WorkItem]) -> list[AttemptContext | Exception]:
+        """The contexts of attempts about to start together, in one round trip (an item's
+        own failure in its place)."""
+        return await self._context_batch(items)
+
     async def _context_batch(self, items: list[WorkItem]) -> list[AttemptContext | Exception]:
         call = contexts.contexts_call(self.keys, self.subscriber_keys.subscribers, items)
         replies = await self.runner.run(call.commands, raise_on_error=False)
@@ -251,17 +256,19 @@ class Ledger:
         *,
         breaker_threshold: int = 0,
         probe_interval_ms: int = 0,
+        breaker_clear: bool = False,
     ) -> None:
         """Record `outcome` of handling `item`, atomically with the stream acknowledgement
         (one script call per partition, shared with other outcomes recorded alongside it),
         and count it against the subscriber's breaker: a failed attempt opens it for
-        `probe_interval_ms` at `breaker_threshold` consecutive failures, a success closes it."""
+        `probe_interval_ms` at `breaker_threshold` consecutive failures, a success closes it
+        (unless `breaker_clear`: the attempt's context found no failure counted)."""
         now = now_ms()
         prepared = outcomes.finish_args(
             self.keys, item, outcome, group=DELIVER_GROUP, now=now, retention=self.retention
         )
         change = None
-        if outcome.breaker is not None:
+        if outcome.breaker is False or (outcome.breaker is True and not breaker_clear):
             change = outcomes.BreakerChange(
                 item.subscriber_id, outcome.breaker, breaker_threshold, now + probe_interval_ms
             )
@@ -316,9 +323,8 @@ class Ledger:
         queue instead of cycling it through, so others' deliveries never queue behind it."""
         if not items:
             return
-        now = now_ms()
         calls = [
-            parking.park_command(self.keys, p, group, group=DELIVER_GROUP, now=now)
+            parking.park_command(self.keys, p, group, group=DELIVER_GROUP)
             for p, group in by_partition(items, _work_partition).items()
         ]
         await self.runner.run(calls, durable=True)

@@ -9,16 +9,19 @@ from typing import Any
 from router.core.records import WorkItem
 from router.storage.keys import RouterKeys
 from router.storage.scripts import Command, Script
+from subscriptions.ids import id_time
 
 # KEYS: ready stream, the parked-subscribers set, then per item its subscriber's parked set.
-# ARGV: group, now, then per item (entry id, work member, subscriber id).
+# ARGV: group, then per item (entry id, work member, subscriber id, its event's time in ms).
+# Scored by the event's time, parked work comes back oldest first, and work parked again
+# after a release keeps its place instead of going to the back.
 PARK = Script(
     "park",
     """
 local entries = {}
 for i = 1, #KEYS - 2 do
-  local a = 3 * i
-  redis.call('ZADD', KEYS[2 + i], ARGV[2], ARGV[a + 1])
+  local a = 4 * i - 2
+  redis.call('ZADD', KEYS[2 + i], ARGV[a + 3], ARGV[a + 1])
   redis.call('SADD', KEYS[2], ARGV[a + 2])
   entries[i] = ARGV[a]
 end
@@ -41,15 +44,15 @@ return #members / 2
 
 
 def park_command(
-    keys: RouterKeys, partition: int, items: Sequence[WorkItem], *, group: str, now: int
+    keys: RouterKeys, partition: int, items: Sequence[WorkItem], *, group: str
 ) -> Command:
     """The call parking `items`, all of `partition` (acknowledging their ready entries in the
     same step)."""
     all_keys = [keys.ready_stream(partition), keys.parked_subscribers(partition)]
-    args: list[Any] = [group, now]
+    args: list[Any] = [group]
     for item in items:
         all_keys.append(keys.parked(item.subscriber_id, partition))
-        args += [item.entry_id, item.member, item.subscriber_id]
+        args += [item.entry_id, item.member, item.subscriber_id, id_time(item.event_id[4:])]
     return PARK.command(all_keys, args)
 
 
