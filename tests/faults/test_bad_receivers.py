@@ -8,7 +8,9 @@ its end).
 
 Two configurations: the default breaker (20 consecutive failures open it), and the breaker out
 of reach, where every failure is retried on schedule and per-subscriber concurrency alone has to
-protect the healthy subscriber (see the README's findings for what it took).
+protect the healthy subscriber (see the README's findings for what it took). And issue 16's
+mix at the default delivery timeout: seven healthy subscribers beside one hanging, one
+answering 500 and one resetting connections.
 """
 
 from __future__ import annotations
@@ -116,4 +118,67 @@ async def test_bad_receivers_do_not_slow_a_healthy_one(
     )
     assert tally.lost == 0 and tally.trespass == 0
     assert followed == 0, "a redirect was followed"
+    assert loaded <= 2 * unloaded + FLOOR_SECONDS, (unloaded, loaded)
+
+
+ISSUE_BAD = ("hang", "500", "reset")  # issue 16: 1 of 10 hanging, 1 answering 500, 1 resetting
+HEALTHY = 7
+
+
+async def test_three_broken_subscribers_of_ten_leave_the_healthy_ones_within_2x(
+    cluster, report
+) -> None:
+    """With the default delivery timeout (10 s), so a hanging receiver holds its attempts the
+    whole time: the seven healthy subscribers' p99 with the three broken ones subscribed stays
+    within twice their p99 without them."""
+    started = time.monotonic()
+    c = cluster()
+    healthy_rx = await c.receiver("healthy-receiver")
+    bad_rx = await c.receiver("bad-receiver")
+    await c.serve()
+    markers = [f"healthy{i}" for i in range(HEALTHY)]
+    for marker in markers:
+        await c.subscribe(marker, healthy_rx.url(marker), ["contacts.readonly"])
+    ledger = DeliveryLedger([healthy_rx, bad_rx], {CONTACT_CREATE: set(markers)}, set())
+    url = f"{c.base_url}/webhooks"
+    contacts = (CONTACT_CREATE,)
+
+    def latencies(load: LoadResult) -> list[float]:
+        first: dict[tuple[str, str], float] = {}
+        for r in read_records([healthy_rx]):
+            if r["marker"] in markers and r["event_id"] in load.accepted:
+                key = (r["marker"], r["event_id"])
+                first[key] = min(r["t"], first.get(key, r["t"]))
+        return [t - load.accepted_at[event_id] for (_, event_id), t in first.items()]
+
+    total = await burst(url, mixed_payloads(50, contacts), LoadResult(), rate=RATE)  # warm-up
+    quiet: list[float] = []
+    noisy: list[float] = []
+    for round_no in range(ROUNDS):
+        load = await burst(url, mixed_payloads(EVENTS_PER_PHASE, contacts), LoadResult(), rate=RATE)
+        assert await ledger.wait_complete(load, timeout=60)
+        quiet += latencies(load)
+        total = total.merged(load)
+        bad_ids = [
+            await c.subscribe(f"{b}-{round_no}", bad_rx.url(b, b), ["contacts.readonly"])
+            for b in ISSUE_BAD
+        ]
+        load = await burst(url, mixed_payloads(EVENTS_PER_PHASE, contacts), LoadResult(), rate=RATE)
+        assert await ledger.wait_complete(load, timeout=60)
+        noisy += latencies(load)
+        total = total.merged(load)
+        for sub_id in bad_ids:
+            await c.api("PATCH", f"/v1/subscribers/{sub_id}", {"status": "paused"})
+
+    unloaded, loaded = p99(quiet), p99(noisy)
+    tally = ledger.tally(total)
+    report(
+        tally.line(
+            "3 broken subscribers of 10 (hang until the 10 s timeout, 500, reset)",
+            time.monotonic() - started,
+            f"healthy-p99-alone={unloaded * 1000:.0f}ms "
+            f"healthy-p99-with-broken={loaded * 1000:.0f}ms",
+        )
+    )
+    assert tally.lost == 0 and tally.trespass == 0
     assert loaded <= 2 * unloaded + FLOOR_SECONDS, (unloaded, loaded)
