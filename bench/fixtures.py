@@ -35,9 +35,11 @@ def deliveries_index(prefix: str) -> str:
     return RouterKeys(prefix).deliveries(0)
 
 
-def partitions(cluster: bool) -> int:
-    """How many partitions the router splits its work into with `ROUTER_PARTITIONS=auto`
-    (the default): spread on a Redis Cluster, one elsewhere."""
+def partitions(cluster: bool, setting: str | None = None) -> int:
+    """How many partitions the router splits its work into with `ROUTER_PARTITIONS` set to
+    `setting` (unset or `auto`: spread on a Redis Cluster, one elsewhere)."""
+    if setting not in (None, "auto"):
+        return int(setting)
     return CLUSTER_PARTITIONS if cluster else 1
 
 

@@ -91,7 +91,8 @@ class Bench:
         self.token = secrets.token_hex(3)
         self.admin_token = "wra_bench_" + secrets.token_hex(16)
         self.logdir = logdir
-        self.store = Store.single(redis_url)  # what the routers run on (see `using`)
+        # What the routers run on (see `using`).
+        self.store = Store.single(redis_url, args.router_env.get("ROUTER_PARTITIONS"))
         self.report = Report()
 
     @property

@@ -38,20 +38,28 @@ class Node:
 class Store:
     """A single Redis (`single`) or a cluster (`connect_cluster`)."""
 
-    def __init__(self, url: str, client: Redis | RedisCluster, nodes: list[Node]) -> None:
+    def __init__(
+        self,
+        url: str,
+        client: Redis | RedisCluster,
+        nodes: list[Node],
+        partitions_setting: str | None = None,
+    ) -> None:
         self.url = url
         self.client = client
         self.nodes = nodes
         self.cluster = isinstance(client, RedisCluster)
-        self.partitions = fixtures.partitions(self.cluster)
+        # As the routers settle ROUTER_PARTITIONS (the benchmark's --router-env may set it).
+        self.partitions = fixtures.partitions(self.cluster, partitions_setting)
 
     @classmethod
-    def single(cls, url: str) -> Store:
+    def single(cls, url: str, partitions_setting: str | None = None) -> Store:
         client = Redis.from_url(url, decode_responses=False)
-        return cls(url, client, [Node(_name(client), client, True, [(0, 16383)])])
+        node = Node(_name(client), client, True, [(0, 16383)])
+        return cls(url, client, [node], partitions_setting)
 
     @classmethod
-    async def connect_cluster(cls, url: str) -> Store:
+    async def connect_cluster(cls, url: str, partitions_setting: str | None = None) -> Store:
         client = RedisCluster.from_url(url, decode_responses=False)
         await client.initialize()
         nodes: list[Node] = []
@@ -67,7 +75,7 @@ class Store:
         for node in sorted(client.get_nodes(), key=lambda n: n.port):
             one = Redis(host=node.host, port=node.port, decode_responses=False)
             nodes.append(Node(node.name, one, node.name in by_master, by_master.get(node.name, [])))
-        return cls(url, client, nodes)
+        return cls(url, client, nodes, partitions_setting)
 
     @property
     def masters(self) -> list[Node]:

@@ -94,7 +94,7 @@ async def run(bench: Bench, size: Size) -> None:
     rounds: list[dict[str, Any]] = []
     async with contextlib.AsyncExitStack() as stack:
         url = stack.enter_context(own_cluster(bench.logdir))
-        cluster = await Store.connect_cluster(url)
+        cluster = await Store.connect_cluster(url, bench.args.router_env.get("ROUTER_PARTITIONS"))
         stack.push_async_callback(cluster.aclose)
         stores = {"single": bench.store, "cluster": cluster}
         port = await stack.enter_async_context(bench.receiving())
