@@ -16,6 +16,7 @@ from redis.crc import key_slot
 
 from router.settings import CLUSTER_PARTITIONS
 from router.storage.keys import RouterKeys
+from router.storage.streams import DELIVER_GROUP as DELIVER_GROUP  # the ready streams' group
 from subscriptions.catalog import load_catalog
 from subscriptions.ids import new_id, now_ms
 from subscriptions.keys import SubscriberKeys, tag
@@ -53,6 +54,18 @@ def work_keys(prefix: str, partitions: int = 1) -> list[str]:
         for p in keys.all_partitions()
         for key in (keys.events_stream(p), keys.ready_stream(p), keys.retry_schedule(p))
     ]
+
+
+def ready_streams(prefix: str, partitions: int = 1) -> list[str]:
+    """Every partition's stream of deliveries ready for an attempt; its consumer group is
+    `DELIVER_GROUP`, whose pending entries are attempts not yet acknowledged."""
+    keys = RouterKeys(prefix, partitions)
+    return [keys.ready_stream(p) for p in keys.all_partitions()]
+
+
+def delivery_key(prefix: str, partitions: int, delivery_id: str) -> str:
+    """The hash holding one delivery's state (field `status`)."""
+    return RouterKeys(prefix, partitions).delivery(delivery_id)
 
 
 def events_streams(prefix: str, partitions: int = 1) -> list[str]:

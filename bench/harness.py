@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -44,6 +45,7 @@ UNRELATED_SCOPE = "calendars.readonly"
 # Warnings every router process of the benchmark logs at start-up, by its settings: not
 # problems of the run (the benchmark's events are unsigned).
 EXPECTED_WARNINGS = ("ROUTER_VERIFY=off",)
+IDS = re.compile(r"\b(evt_|dlv_|sub_)[0-9a-z]+")
 
 
 def log_problems(logdir: Path, names: list[str], keep: int = 5) -> dict[str, Any]:
@@ -52,6 +54,7 @@ def log_problems(logdir: Path, names: list[str], keep: int = 5) -> dict[str, Any
     counts by level and the first `keep` distinct messages. Empty when they logged nothing
     of the kind."""
     levels: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()  # messages with their ids blanked
     first: dict[str, None] = {}
     for name in names:
         try:
@@ -71,9 +74,12 @@ def log_problems(logdir: Path, names: list[str], keep: int = 5) -> dict[str, Any
             if text.startswith(EXPECTED_WARNINGS):
                 continue
             levels[level] += 1
+            kinds[IDS.sub(r"\1…", f"{level}: {text}"[:300])] += 1
             if len(first) < keep:
                 first.setdefault(f"{level}: {text}"[:300])
-    return {"levels": dict(levels), "first": list(first)} if levels else {}
+    if not levels:
+        return {}
+    return {"levels": dict(levels), "kinds": dict(kinds.most_common(keep)), "first": list(first)}
 
 
 def strip(run: dict[str, Any]) -> dict[str, Any]:

@@ -175,6 +175,24 @@ class Store:
         streams = fixtures.events_streams(prefix, self.partitions)
         return sum(await asyncio.gather(*(self.client.xlen(k) for k in streams)))
 
+    async def ready_pending(self, prefix: str) -> int:
+        """Deliveries read for an attempt and not acknowledged, in every partition."""
+        streams = fixtures.ready_streams(prefix, self.partitions)
+        infos = await asyncio.gather(
+            *(self.client.xpending(k, fixtures.DELIVER_GROUP) for k in streams),
+            return_exceptions=True,
+        )
+        return sum(i["pending"] for i in infos if isinstance(i, dict))
+
+    async def delivery_states(self, prefix: str, delivery_ids: list[str]) -> dict[str, int]:
+        """How many of `delivery_ids` are in each state (`missing`: no record)."""
+        keys = [fixtures.delivery_key(prefix, self.partitions, d) for d in delivery_ids]
+        states: list[Any] = []
+        for start in range(0, len(keys), 50):  # within the cluster client's connections
+            batch = keys[start : start + 50]
+            states += await asyncio.gather(*(self.client.hget(k, "status") for k in batch))
+        return dict(Counter(_text(s) if s is not None else "missing" for s in states))
+
     async def aclose(self) -> None:
         for node in self.nodes:
             if node.client is not self.client:

@@ -26,16 +26,21 @@ registry's keys (subscribers, scope index) live on whichever master holds the pr
 tag.
 
 Every set-up is also checked, not only timed: the events stored (the event streams' lengths,
-nothing being dispatched) against the 202s counted, non-2xx answers and load-generator
-errors, deliveries arrived and duplicated, and what the router processes logged at warning
-level or above.
+nothing being dispatched) against the 2xx counted, non-2xx answers and load-generator
+errors, deliveries arrived and duplicated, entries of the ready streams left unacknowledged
+after a delivery run, and what the router processes logged at warning level or above; the
+deliveries such a warning names are looked up after the run (done, or left to a reclaim?).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import re
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import fixtures
@@ -59,6 +64,10 @@ class Size:
 FULL, QUICK = Size(), Size(seconds=3, events=300)
 EVEN = 15.0  # issue 15: every master's share within ±15 % of an even third
 NO_WAIT = (("ROUTER_MIN_REPLICAS", "0"),)
+# After a delivery run's last arrival, how long its work may take to be acknowledged before
+# what is left is counted as left.
+SETTLE_SECONDS = 5.0
+WARNED_DELIVERY = re.compile(r"during (dlv_[0-9a-z]+)")
 
 
 @dataclass(frozen=True)
@@ -175,20 +184,30 @@ async def _delivery(
     """One delivery run, B's router round on `store`; on it, the commands from before the
     preload to the last arrival, and the run's keys on each master at the end."""
 
+    name = f"h{number}-{setup.key}-dl"
+
     async def inspect(prefix: str) -> dict[str, Any]:
         after = await store.commandstats()
         keys = await store.keys_by_tag(fixtures.key_pattern(prefix))
+        # Work the router said it could not finish: is it finished, or still pending?
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while not await store.idle(prefix) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        warned = _named_in_warnings(bench.logdir / f"serve-{name}-0.log")
         return {
             "prefix": prefix,
             "commands": _delta(before, after),
             "keys": {master: dict(tags) for master, tags in keys.items()},
             "tags": store.tag_masters(prefix) if store.cluster else {},
+            "warned_deliveries": len(warned),
+            "warned_states": await store.delivery_states(prefix, warned),
+            "ready_pending": await store.ready_pending(prefix),
         }
 
     with bench.using(store):
         before = await store.commandstats()
         result = await bench.deliver_preloaded(
-            f"h{number}-{setup.key}-dl",
+            name,
             port,
             urls,
             size.events,
@@ -197,6 +216,16 @@ async def _delivery(
             inspect=inspect,
         )
     return result | {"rate": arrival_rate(result["receiver"]), "env": dict(setup.env)}
+
+
+def _named_in_warnings(log: Path) -> list[str]:
+    """The deliveries a router process's warnings name ("... during dlv_...; it will be
+    reclaimed"), each once."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    return list(dict.fromkeys(WARNED_DELIVERY.findall(text)))
 
 
 def _delta(
@@ -489,7 +518,7 @@ def _health(rounds: list[dict[str, Any]], phase: str, keys: list[str]) -> str:
     """What went wrong, if anything: events stored against 202s counted, refusals, arrivals,
     duplicates, warnings logged. Empty when nothing did."""
     notes: dict[str, None] = {}
-    for r in rounds:
+    for number, r in enumerate(rounds, 1):
         for key in keys:
             run = r[phase][key]
             if phase == "ingest":
@@ -507,10 +536,20 @@ def _health(rounds: list[dict[str, Any]], phase: str, keys: list[str]) -> str:
                     notes[
                         f"{LABELS[key]}: {stats['count'] - stats['unique_webhook_ids']} duplicates"
                     ] = None
+            if phase == "delivery" and run["inspect"]["ready_pending"]:
+                left = run["inspect"]["ready_pending"]
+                notes[f"{LABELS[key]}: {left} ready entries unacknowledged after the run"] = None
             logged = run.get("log_problems", {})
             if logged:
-                counts = ", ".join(f"{n} {k}" for k, n in logged["levels"].items())
-                notes[f"{LABELS[key]} logged {counts} (first: {logged['first'][0]})"] = None
+                kinds = "; ".join(f"{n} x {kind}" for kind, n in logged["kinds"].items())
+                text = f"{LABELS[key]}, round {number}, logged {kinds}"
+                if phase == "delivery" and run["inspect"]["warned_deliveries"]:
+                    states = ", ".join(
+                        f"{n} {state}" for state, n in run["inspect"]["warned_states"].items()
+                    )
+                    named = run["inspect"]["warned_deliveries"]
+                    text += f"; the {named} deliveries named: {states}"
+                notes[text] = None
     if not notes:
         if phase == "ingest":
             return "every 2xx stored, no refusals, nothing logged at warning or above"
