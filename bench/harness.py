@@ -67,6 +67,8 @@ def log_problems(logdir: Path, names: list[str], keep: int = 5) -> dict[str, Any
             try:
                 entry = orjson.loads(line)
                 level, text = entry["level"], str(entry.get("message"))
+                if entry.get("exc"):  # the traceback's last line: the exception and its text
+                    text += f" [{str(entry['exc']).strip().splitlines()[-1][:200]}]"
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 level, text = "other", f"not JSON: {line[:200]}"
             if level not in ("warning", "error", "critical", "other"):

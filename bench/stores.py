@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,11 +162,11 @@ class Store:
         """True when no event awaits dispatch and no delivery awaits an attempt, in any
         partition."""
         keys = fixtures.work_keys(prefix, self.partitions)
-        lengths = await asyncio.gather(
-            *(
+        lengths = await limited(
+            [
                 self.client.zcard(k) if i % 3 == 2 else self.client.xlen(k)
                 for i, k in enumerate(keys)
-            )
+            ]
         )
         return not any(lengths)
 
@@ -173,13 +174,13 @@ class Store:
         """Events in the partitions' event streams (all the events accepted, while nothing
         dispatches)."""
         streams = fixtures.events_streams(prefix, self.partitions)
-        return sum(await asyncio.gather(*(self.client.xlen(k) for k in streams)))
+        return sum(await limited([self.client.xlen(k) for k in streams]))
 
     async def ready_pending(self, prefix: str) -> int:
         """Deliveries read for an attempt and not acknowledged, in every partition."""
         streams = fixtures.ready_streams(prefix, self.partitions)
-        infos = await asyncio.gather(
-            *(self.client.xpending(k, fixtures.DELIVER_GROUP) for k in streams),
+        infos = await limited(
+            [self.client.xpending(k, fixtures.DELIVER_GROUP) for k in streams],
             return_exceptions=True,
         )
         return sum(i["pending"] for i in infos if isinstance(i, dict))
@@ -187,10 +188,7 @@ class Store:
     async def delivery_states(self, prefix: str, delivery_ids: list[str]) -> dict[str, int]:
         """How many of `delivery_ids` are in each state (`missing`: no record)."""
         keys = [fixtures.delivery_key(prefix, self.partitions, d) for d in delivery_ids]
-        states: list[Any] = []
-        for start in range(0, len(keys), 50):  # within the cluster client's connections
-            batch = keys[start : start + 50]
-            states += await asyncio.gather(*(self.client.hget(k, "status") for k in batch))
+        states = await limited([self.client.hget(k, "status") for k in keys])
         return dict(Counter(_text(s) if s is not None else "missing" for s in states))
 
     async def aclose(self) -> None:
@@ -198,6 +196,18 @@ class Store:
             if node.client is not self.client:
                 await node.client.aclose()
         await self.client.aclose()
+
+
+async def limited(
+    calls: list[Coroutine[Any, Any, Any]], at_once: int = 50, return_exceptions: bool = False
+) -> list[Any]:
+    """The results of `calls`, run `at_once` at a time: the clients' pools hold 100
+    connections (per node on a cluster), and one call in flight takes one."""
+    results: list[Any] = []
+    for start in range(0, len(calls), at_once):
+        batch = calls[start : start + at_once]
+        results += await asyncio.gather(*batch, return_exceptions=return_exceptions)
+    return results
 
 
 def _name(client: Redis) -> str:
