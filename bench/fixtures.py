@@ -2,7 +2,8 @@
 
 The benchmark drives the router from outside (its CLI, its HTTP API, its Redis keys), so a
 change of the packages' layout should touch only this file. It needs them for two things:
-- the names of the Redis keys it reads (to wait for work, to measure memory, to clean up);
+- the names of the Redis keys it reads (to wait for work, to measure memory, to clean up,
+  to count a run's keys per partition and per cluster master);
 - registering thousands of subscribers at once (scenario D), through the store's bulk import.
   A handful of subscribers is registered over the router's HTTP API instead
   (`Bench.register`).
@@ -11,11 +12,14 @@ change of the packages' layout should touch only this file. It needs them for tw
 from __future__ import annotations
 
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
+from router.settings import CLUSTER_PARTITIONS
 from router.storage.keys import RouterKeys
+from router.storage.streams import DELIVER_GROUP as DELIVER_GROUP  # the ready streams' group
 from subscriptions.catalog import load_catalog
 from subscriptions.ids import new_id, now_ms
-from subscriptions.keys import SubscriberKeys
+from subscriptions.keys import SubscriberKeys, tag
 from subscriptions.keys import key_pattern as _key_pattern
 from subscriptions.models import SigningSecret, Subscriber, generate_secret
 from subscriptions.store import SubscriberStore
@@ -27,16 +31,72 @@ def key_pattern(prefix: str) -> str:
 
 
 def deliveries_index(prefix: str) -> str:
-    """The sorted set holding every delivery id the dispatcher made (one partition: the
-    benchmark runs on a single Redis, where the router uses one)."""
+    """The sorted set holding every delivery id the dispatcher made (one partition: scenario
+    D runs on a single Redis, where the router uses one)."""
     return RouterKeys(prefix).deliveries(0)
 
 
-def work_keys(prefix: str) -> tuple[str, str, str]:
-    """The keys holding the router's unfinished work: events awaiting dispatch, deliveries
-    ready for an attempt, deliveries waiting for a retry."""
-    keys = RouterKeys(prefix)
-    return keys.events_stream(0), keys.ready_stream(0), keys.retry_schedule(0)
+def partitions(cluster: bool, setting: str | None = None) -> int:
+    """How many partitions the router splits its work into with `ROUTER_PARTITIONS` set to
+    `setting` (unset or `auto`: spread on a Redis Cluster, one elsewhere)."""
+    if setting not in (None, "auto"):
+        return int(setting)
+    return CLUSTER_PARTITIONS if cluster else 1
+
+
+def work_keys(prefix: str, partitions: int = 1) -> list[str]:
+    """The keys holding the router's unfinished work, in every partition: events awaiting
+    dispatch, deliveries ready for an attempt (streams), deliveries waiting for a retry (a
+    sorted set), in that order per partition."""
+    keys = RouterKeys(prefix, partitions)
+    return [
+        key
+        for p in keys.all_partitions()
+        for key in (keys.events_stream(p), keys.ready_stream(p), keys.retry_schedule(p))
+    ]
+
+
+def ready_streams(prefix: str, partitions: int = 1) -> list[str]:
+    """Every partition's stream of deliveries ready for an attempt; its consumer group is
+    `DELIVER_GROUP`, whose pending entries are attempts not yet acknowledged."""
+    keys = RouterKeys(prefix, partitions)
+    return [keys.ready_stream(p) for p in keys.all_partitions()]
+
+
+def delivery_key(prefix: str, partitions: int, delivery_id: str) -> str:
+    """The hash holding one delivery's state (field `status`)."""
+    return RouterKeys(prefix, partitions).delivery(delivery_id)
+
+
+def events_streams(prefix: str, partitions: int = 1) -> list[str]:
+    """Every partition's stream of accepted events awaiting dispatch (with `serve
+    --no-workers` nothing dispatches: their lengths add up to the events stored)."""
+    keys = RouterKeys(prefix, partitions)
+    return [keys.events_stream(p) for p in keys.all_partitions()]
+
+
+def partition_tags(prefix: str, partitions: int) -> list[str]:
+    """Each partition's hash tag (braces included), in partition order."""
+    keys = RouterKeys(prefix, partitions)
+    return [keys.events_stream(p).removesuffix(":events") for p in keys.all_partitions()]
+
+
+def registry_tag(prefix: str) -> str:
+    """The hash tag of the keys that belong to no partition (the subscriber registry, API
+    keys, process heartbeats), braces included."""
+    return tag(prefix)
+
+
+def slot(key_or_tag: str) -> int:
+    """The cluster hash slot of a key, or of every key starting with a tag."""
+    return key_slot(key_or_tag.encode())
+
+
+def key_tag(key: bytes) -> str:
+    """The hash tag a key of the router starts with (`{<prefix>}` or a partition's
+    `{<prefix>:<p>:<salt>}`), braces included."""
+    text = key.decode(errors="replace")
+    return text[: text.index("}") + 1] if text.startswith("{") and "}" in text else ""
 
 
 async def bulk_register(

@@ -4,6 +4,9 @@ rows they report.
 Every scenario starts its own processes (the router through its real CLI, receivers, the load
 generator, baselines), uses its own ROUTER_KEY_PREFIX, and deletes that prefix's keys and
 stops every process it started when it ends, whatever happened.
+
+The routers run on the run's Redis (`Bench.store`), or on another store for the length of a
+`using` block (scenario H's cluster).
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,9 +36,52 @@ from bench.procs import Proc, child_env, free_port, python_module, router_cli, w
 from bench.profile import top_frames
 from bench.report import RESULTS, Report, Row, console_line
 from bench.stats import per_unit
+from bench.stores import Store
 
 ENTITLED_SCOPE = "contacts.readonly"  # ContactCreate's scope
 UNRELATED_SCOPE = "calendars.readonly"
+
+
+# Warnings every router process of the benchmark logs at start-up, by its settings: not
+# problems of the run (the benchmark's events are unsigned).
+EXPECTED_WARNINGS = ("ROUTER_VERIFY=off",)
+IDS = re.compile(r"\b(evt_|dlv_|sub_)[0-9a-z]+")
+
+
+def log_problems(logdir: Path, names: list[str], keep: int = 5) -> dict[str, Any]:
+    """What the router processes called `names` logged at warning level or above (JSON
+    lines; but EXPECTED_WARNINGS), and any line that is not JSON (a traceback, a crash):
+    counts by level and the first `keep` distinct messages. Empty when they logged nothing
+    of the kind."""
+    levels: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()  # messages with their ids blanked
+    first: dict[str, None] = {}
+    for name in names:
+        try:
+            lines = (logdir / f"{name}.log").read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                entry = orjson.loads(line)
+                level, text = entry["level"], str(entry.get("message"))
+                if entry.get("exc"):  # the traceback's last line: the exception and its text
+                    text += f" [{str(entry['exc']).strip().splitlines()[-1][:200]}]"
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                level, text = "other", f"not JSON: {line[:200]}"
+            if level not in ("warning", "error", "critical", "other"):
+                continue
+            if text.startswith(EXPECTED_WARNINGS):
+                continue
+            levels[level] += 1
+            kinds[IDS.sub(r"\1…", f"{level}: {text}"[:300])] += 1
+            if len(first) < keep:
+                first.setdefault(f"{level}: {text}"[:300])
+    if not levels:
+        return {}
+    return {"levels": dict(levels), "kinds": dict(kinds.most_common(keep)), "first": list(first)}
 
 
 def strip(run: dict[str, Any]) -> dict[str, Any]:
@@ -46,14 +94,34 @@ class Bench:
         self.args = args
         self.quick: bool = args.quick
         self.repeats: int = args.repeats or (1 if args.quick else 3)
-        self.redis_url = redis_url
         self.own_redis = getattr(args, "redis_url", None) is None  # started for this run
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.token = secrets.token_hex(3)
         self.admin_token = "wra_bench_" + secrets.token_hex(16)
         self.logdir = logdir
-        self.redis = Redis.from_url(redis_url, decode_responses=False)
+        # What the routers run on (see `using`).
+        self.store = Store.single(redis_url, args.router_env.get("ROUTER_PARTITIONS"))
         self.report = Report()
+
+    @property
+    def redis(self) -> Redis:
+        """A client of the run's single Redis (scenarios D and E read it directly)."""
+        client = self.store.client
+        assert isinstance(client, Redis), "this scenario reads a single Redis"
+        return client
+
+    @property
+    def redis_url(self) -> str:
+        return self.store.url
+
+    @contextlib.contextmanager
+    def using(self, store: Store) -> Iterator[Store]:
+        """Routers started, keys cleaned up and Redis CPU counted on `store` in the block."""
+        previous, self.store = self.store, store
+        try:
+            yield store
+        finally:
+            self.store = previous
 
     # ------------------------------------------------------------------ keys
     def prefix(self, name: str) -> str:
@@ -61,16 +129,7 @@ class Bench:
 
     async def cleanup(self, prefix: str) -> int:
         """Delete every key of `prefix`; returns how many."""
-        deleted = 0
-        batch: list[bytes] = []
-        async for key in self.redis.scan_iter(match=fixtures.key_pattern(prefix), count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += await self.redis.unlink(*batch)
-                batch = []
-        if batch:
-            deleted += await self.redis.unlink(*batch)
-        return deleted
+        return await self.store.delete(fixtures.key_pattern(prefix))
 
     @contextlib.asynccontextmanager
     async def keyspace(self, name: str) -> AsyncIterator[tuple[str, contextlib.ExitStack]]:
@@ -85,18 +144,12 @@ class Bench:
 
     async def idle(self, prefix: str) -> bool:
         """True when no event awaits dispatch and no delivery awaits an attempt."""
-        events, ready, retry = fixtures.work_keys(prefix)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(events)
-            pipe.xlen(ready)
-            pipe.zcard(retry)
-            return not any(await pipe.execute())
+        return await self.store.idle(prefix)
 
     async def redis_cpu(self) -> float:
         """The Redis server's CPU seconds so far (INFO cpu; the whole server, so other
-        clients' work counts too)."""
-        info = await self.redis.info("cpu")
-        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        clients' work counts too; on a cluster, every node's)."""
+        return await self.store.cpu()
 
     async def used_memory(self) -> int:
         return int((await self.redis.info("memory"))["used_memory"])
@@ -212,11 +265,16 @@ class Bench:
         """`count` subscribers of a scope the benchmark's events do not need, in bulk."""
         await fixtures.bulk_register(self.redis, prefix, count, url, UNRELATED_SCOPE)
 
-    async def preload(self, prefix: str, events: int, urls: list[str]) -> dict[str, Any]:
+    async def preload(
+        self, prefix: str, events: int, urls: list[str], **env: Any
+    ) -> dict[str, Any]:
         """Register a subscriber per URL and accept `events` events through `serve
-        --no-workers` (nothing dispatched yet); the load generator's report."""
+        --no-workers` (nothing dispatched yet); the load generator's report. Its log is
+        `preload-<prefix>.log`."""
         with contextlib.ExitStack() as stack:
-            _, api = await self.serve(stack, "preload-serve", prefix, "serve --no-workers")
+            _, api = await self.serve(
+                stack, f"preload-{prefix}", prefix, "serve --no-workers", **env
+            )
             await self.register(api, urls)
             return await self.loadgen(f"{api}/webhooks", connections=32, count=events)
 
@@ -248,19 +306,25 @@ class Bench:
         events: int,
         commands: list[str],
         profile_as: str | None = None,
+        env: dict[str, Any] | None = None,
+        inspect: Callable[[str], Awaitable[Any]] | None = None,
     ) -> dict[str, Any]:
         """Preload `events` events for one subscriber per URL, then start one router process
         per command (`serve` or `worker`) and wait until the receiver on `port` has them all.
         CPU is counted from the moment the processes are up (start-up is not delivery work),
         for the first process and Redis. With `profile_as`, that process is profiled (see
-        `profiled`)."""
+        `profiled`). `env` is extra environment for every router process; `inspect(prefix)`
+        is awaited once the deliveries are in, before the processes stop and the keys are
+        deleted (its result under "inspect")."""
         await self.receiver_reset(port)
+        env = env or {}
         async with self.keyspace(name) as (prefix, _):
-            loaded = await self.preload(prefix, events, urls)
+            loaded = await self.preload(prefix, events, urls, **env)
             expected = loaded["accepted"] * len(urls)
             with contextlib.ExitStack() as stack:
                 procs = [
-                    self.router(stack, f"{c}-{name}-{i}", prefix, c) for i, c in enumerate(commands)
+                    self.router(stack, f"{c}-{name}-{i}", prefix, c, **env)
+                    for i, c in enumerate(commands)
                 ]
                 first, first_port = procs[0]
                 if commands[0] == "serve":
@@ -270,7 +334,7 @@ class Bench:
                 with self.profiled(first, profile_as or "", first=profile_as is not None):
                     stats = await self.wait_arrivals(port, expected)
                 done = stats["count"] - arrived
-                return {
+                result = {
                     "preload": strip(loaded),
                     "expected": expected,
                     "receiver": stats,
@@ -278,6 +342,10 @@ class Bench:
                     "redis_cpu": per_unit(redis_cpu, await self.redis_cpu(), done),
                     "rss": first.rss_bytes(),
                 }
+                if inspect is not None:
+                    result["inspect"] = await inspect(prefix)
+            names = [f"preload-{prefix}", *(proc.name for proc, _ in procs)]
+            return result | {"log_problems": log_problems(self.logdir, names)}
 
     async def fixed_rate(
         self,
@@ -360,5 +428,5 @@ class Bench:
                     self.report.errors[letter] = f"{type(exc).__name__}: {exc}"
                     print(f"scenario {letter} failed: {exc}", file=sys.stderr, flush=True)
         finally:
-            await self.redis.aclose()
+            await self.store.aclose()
         return self.report

@@ -69,14 +69,31 @@ class Proc:
             return None
         return None
 
+    def descendants(self) -> list[int]:
+        """The pids of this process's children, theirs, and so on (`serve --processes N`)."""
+        found: list[int] = []
+        todo = [self.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            found += [int(c) for c in children]
+            todo += [int(c) for c in children]
+        return found
+
+    def tree_cpu_seconds(self) -> float | None:
+        """CPU time so far of this process and its live descendants (None once it has
+        exited)."""
+        own = self.cpu_seconds()
+        if own is None:
+            return None
+        return own + sum(pid_cpu_seconds(pid) or 0.0 for pid in self.descendants())
+
     def cpu_seconds(self) -> float | None:
         """User + system CPU time so far, from /proc/<pid>/stat, or None once it has exited."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return pid_cpu_seconds(self.pid)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         if self.popen.poll() is None:
@@ -130,6 +147,44 @@ async def wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
                 pass
             await asyncio.sleep(0.1)
     raise TimeoutError(f"{proc.name} not ready at {url} after {timeout:g}s:\n{proc.tail()}")
+
+
+def pid_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time so far of process `pid`, from /proc/<pid>/stat, or None once it
+    has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def listeners(port: int) -> int:
+    """How many sockets listen on loopback TCP `port` (several with SO_REUSEPORT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                count += 1
+    return count
+
+
+async def wait_listeners(proc: Proc, port: int, count: int, timeout: float = 30.0) -> None:
+    """Return once `count` sockets listen on `port` (every process of `serve --processes N`
+    is taking connections); raise if `proc` dies or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while listeners(port) < count:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{proc.name}: fewer than {count} listeners on {port}")
+        await asyncio.sleep(0.1)
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:

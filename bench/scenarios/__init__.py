@@ -13,6 +13,7 @@ from bench.scenarios import (
     e_memory,
     f_workers,
     g_isolation,
+    h_cluster,
 )
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -23,4 +24,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "E": e_memory,
     "F": f_workers,
     "G": g_isolation,
+    "H": h_cluster,
 }

@@ -38,13 +38,13 @@ async def run(bench: Bench, size: Size) -> None:
         baseline, port = await bench.server(stack, "bench.baseline_ingest", "/healthz")
         health = await bench.request("GET", f"http://127.0.0.1:{port}/healthz")
         url = f"http://127.0.0.1:{port}/webhooks"
-        await _load(bench, url, size.connections, 1)  # warm-up
+        await max_rate(bench, url, size.connections, 1)  # warm-up
         for number, sides in alternating(bench.repeats, ("baseline", "router")):
             result: dict[str, Any] = {}
             for side in sides:
                 if side == "baseline":
                     cpu = baseline.cpu_seconds()
-                    load = await _load(bench, url, size.connections, size.seconds)
+                    load = await max_rate(bench, url, size.connections, size.seconds)
                     result["baseline"] = strip(load)
                     result["baseline_rate"] = load["accepted_per_s"]
                     result["baseline_cpu"] = per_unit(cpu, baseline.cpu_seconds(), load["accepted"])
@@ -70,7 +70,7 @@ async def run(bench: Bench, size: Size) -> None:
             cpu_unit="event",
             extra=join(
                 f"load: {generator}",
-                *dict.fromkeys(_non_2xx(r["router"]) for r in rounds),
+                *dict.fromkeys(not_accepted(r["router"]) for r in rounds),
             ),
         )
     )
@@ -81,10 +81,10 @@ async def _router_round(bench: Bench, size: Size, number: int) -> dict[str, Any]
     async with bench.keyspace(f"a{number}") as (prefix, stack):
         proc, api = await bench.serve(stack, f"serve-a{number}", prefix, "serve --no-workers")
         url = f"{api}/webhooks"
-        await _load(bench, url, size.connections, 1)  # warm-up
+        await max_rate(bench, url, size.connections, 1)  # warm-up
         cpu, redis_cpu = proc.cpu_seconds(), await bench.redis_cpu()
         with bench.profiled(proc, "A", first=number == 0):
-            load = await _load(bench, url, size.connections, size.seconds)
+            load = await max_rate(bench, url, size.connections, size.seconds)
         return {
             "router": strip(load),
             "router_rate": load["accepted_per_s"],
@@ -94,7 +94,7 @@ async def _router_round(bench: Bench, size: Size, number: int) -> dict[str, Any]
         }
 
 
-async def _load(bench: Bench, url: str, connections: int, seconds: float) -> dict[str, Any]:
+async def max_rate(bench: Bench, url: str, connections: int, seconds: float) -> dict[str, Any]:
     """Max-rate load for `seconds`: wrk when installed, else bench/loadgen.py."""
     if wrk.available():
         load = await wrk.run(url, connections, seconds, bench.logdir)
@@ -103,7 +103,7 @@ async def _load(bench: Bench, url: str, connections: int, seconds: float) -> dic
     return load | {"generator": "bench/loadgen.py (wrk not installed)"}
 
 
-def _non_2xx(load: dict[str, Any]) -> str:
+def not_accepted(load: dict[str, Any]) -> str:
     other = {k: v for k, v in load["statuses"].items() if k not in ("202", "2xx")}
     parts = [f"{v} x {k}" for k, v in other.items()]
     parts += [f"{v} x {k}" for k, v in load["errors"].items()]
