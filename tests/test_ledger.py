@@ -215,3 +215,17 @@ async def test_a_malformed_record_fails_only_its_own_context(redis: Redis, key_p
 
     assert results[0].delivery["status"] == "pending"
     assert isinstance(results[1], UnicodeDecodeError)
+
+
+async def test_trim_before_any_stream_or_group_exists_is_a_no_op(
+    redis: Redis, key_prefix: str
+) -> None:
+    """A process's first trim can run before its readers created the streams (or after a
+    Redis restarted empty): there are no consumers to forget, and that is not an error."""
+    ledger = make_ledger(redis, key_prefix)
+    await ledger.trim()
+    partition = ledger.partitions[0]
+    await redis.xadd(ledger.keys.ready_stream(partition), {"d": b"x"})  # a stream with no group yet
+    await ledger.trim()
+    await ledger.ensure_groups()
+    await ledger.trim()

@@ -26,7 +26,7 @@ from router.pipeline.attempt import Attempts, Behind, Held
 from router.pipeline.client import open_session
 from router.pipeline.consumer import READ_BLOCK_MS, Consumer
 from router.settings import Settings
-from router.storage.client import UNAVAILABLE, refusing_writes
+from router.storage.client import UNAVAILABLE, NotReplicated, refusing_writes
 from router.storage.keys import delivery_partition
 from router.storage.ledger import Ledger
 from subscriptions.ids import now_ms
@@ -280,6 +280,14 @@ class DeliveryWorker:
                 await self.ledger.hold_for_order(item, result.resource)
             elif isinstance(result, Outcome) and result.breaker:
                 self._held_until.pop(item.subscriber_id, None)  # its breaker closed
+        except NotReplicated:
+            # The outcome is on the master but no replica confirmed it in time: the work is
+            # done unless that master fails before replicating, in which case the new master
+            # still has it pending and it is delivered again.
+            log.warning(
+                "outcome of %s not yet confirmed by a replica (ROUTER_REPLICA_TIMEOUT)",
+                item.delivery_id,
+            )
         except UNAVAILABLE:
             log.warning("Redis unavailable during %s; it will be reclaimed", item.delivery_id)
         except Exception as exc:

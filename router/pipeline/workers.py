@@ -128,6 +128,7 @@ class WorkerGroup:
     async def _schedule_retries(self) -> None:
         """Move due retries to the ready queue; trim expired index entries now and then."""
         loop = asyncio.get_running_loop()
+        await self._ensure_groups()
         next_trim = loop.time()
         while not self._stopping.is_set():
             try:

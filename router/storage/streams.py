@@ -121,7 +121,15 @@ class Stream:
 
     async def forget_idle_consumers(self) -> None:
         """Delete consumers of restarted processes that hold nothing (each start adds one)."""
-        for info in await self.redis.xinfo_consumers(self.key, self.group):
+        try:
+            consumers = await self.redis.xinfo_consumers(self.key, self.group)
+        except ResponseError as exc:
+            # No stream or group yet (a process starting, a Redis restarted empty): the
+            # readers create them; there is no one to forget.
+            if "no such key" in str(exc) or "NOGROUP" in str(exc):
+                return
+            raise
+        for info in consumers:
             if info["pending"] == 0 and info["idle"] > STALE_CONSUMER_MS:
                 await self.redis.xgroup_delconsumer(self.key, self.group, _name(info["name"]))
 
