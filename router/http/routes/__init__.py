@@ -13,6 +13,7 @@ from router.http.routes import (
     metrics,
     openapi,
     subscribers,
+    whoami,
 )
 
 # Every resource the app serves; /openapi.json documents exactly these.
@@ -22,6 +23,7 @@ RESOURCES: tuple[Resource, ...] = (
     catalog.resource,
     subscribers.resource,
     api_keys.resource,
+    whoami.resource,
     deliveries.resource,
     events.resource,
     metrics.resource,
