@@ -13,9 +13,10 @@ from router.http.routes import (
     metrics,
     openapi,
     subscribers,
+    ui,
 )
 
-# Every resource the app serves; /openapi.json documents exactly these.
+# Every resource the app serves; /openapi.json documents exactly these (the UI's files aside).
 RESOURCES: tuple[Resource, ...] = (
     health.resource,
     ingest.resource,
@@ -26,4 +27,5 @@ RESOURCES: tuple[Resource, ...] = (
     events.resource,
     metrics.resource,
     openapi.resource,
+    ui.resource,
 )
