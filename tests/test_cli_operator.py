@@ -116,6 +116,7 @@ async def test_api_keys_list_json_is_the_raw_response(
             {
                 "id": created["id"],
                 "name": "x",
+                "subscriber_id": None,
                 "scopes": ["read_events"],
                 "token_scopes": ["read_events"],
                 "created_at": created["created_at"],

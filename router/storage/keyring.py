@@ -4,7 +4,8 @@ A key has a name and its *current* scopes. Its one live token carries the scopes
 *issued* with: changing a key's scopes does not change what its token may do until the token
 is regenerated (the seed's rule: "after updating scopes, you must generate a new access
 token"). Tokens are stored only as their SHA-256 hex digest, under `Keys.token(digest)`, whose
-value names the key and the issued scopes, so authenticating costs one GET.
+value names the key, the issued scopes and the subscriber the key is bound to (if any), so
+authenticating, confinement included, costs one GET. A key's binding never changes.
 
 Layout (names in `router.storage.keys`): a hash of key records by id, an id-ordered sorted set
 for pagination, and one string per live token. Every change that touches a record and a token
@@ -46,11 +47,13 @@ class ApiKey(BaseModel):
     token_hash: str
     created_at: int  # ms since the epoch
     updated_at: int
+    subscriber_id: str | None = None  # the one subscriber it may see; None: every one
 
 
 class _TokenEntry(BaseModel):
     key_id: str
     scopes: list[str]
+    subscriber_id: str | None = None
 
 
 def token_digest(token: str) -> str:
@@ -88,10 +91,15 @@ class Keyring:
         if raw is None:
             return None
         entry = _TokenEntry.model_validate_json(raw)
-        return Principal(key_id=entry.key_id, scopes=frozenset(entry.scopes))
+        return Principal(
+            key_id=entry.key_id, scopes=frozenset(entry.scopes), subscriber_id=entry.subscriber_id
+        )
 
-    async def create(self, name: str, scopes: Iterable[str]) -> tuple[ApiKey, str]:
-        """A new key and its token (returned here and never again).
+    async def create(
+        self, name: str, scopes: Iterable[str], subscriber_id: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key and its token (returned here and never again), bound to `subscriber_id`
+        when given (the caller checks that it exists).
 
         Raises ValueError if `scopes` is empty or names something not in OPERATOR_SCOPES.
         """
@@ -106,6 +114,7 @@ class Keyring:
             token_hash=token_digest(token),
             created_at=now,
             updated_at=now,
+            subscriber_id=subscriber_id,
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             self._queue_save(pipe, key)
@@ -225,5 +234,5 @@ class Keyring:
         pipe.hset(self.keys.api_keys, key.id, key.model_dump_json())
 
     def _queue_token(self, pipe: Pipeline, key: ApiKey) -> None:
-        entry = _TokenEntry(key_id=key.id, scopes=key.token_scopes)
+        entry = _TokenEntry(key_id=key.id, scopes=key.token_scopes, subscriber_id=key.subscriber_id)
         pipe.set(self.keys.token(key.token_hash), entry.model_dump_json())

@@ -133,6 +133,10 @@ class RouterKeys:
         """Hash: the stored event (raw body and routing fields)."""
         return f"{self._event_tag(event_id)}:event:{event_id}"
 
+    def event_index(self, partition: int) -> str:
+        """Sorted set (all scores 0): the partition's stored event ids, in id (= time) order."""
+        return f"{self._p(partition)}:event-ids"
+
     def event_deliveries(self, event_id: str) -> str:
         """Sorted set (all scores 0): the delivery ids made for one event."""
         return f"{self._event_tag(event_id)}:event:{event_id}:deliveries"

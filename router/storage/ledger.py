@@ -476,9 +476,10 @@ class Ledger:
 
     # ---------------------------------------------------------------- maintenance
     async def trim(self) -> None:
-        """Forget index entries of deliveries older than the retention (their records have
-        expired), and consumers of restarted processes that hold nothing."""
-        floor = id_floor("dlv", now_ms() - self.retention * 1000)
+        """Forget index entries of events and deliveries older than the retention (their
+        records have expired), and consumers of restarted processes that hold nothing."""
+        oldest = now_ms() - self.retention * 1000
+        floor, event_floor = id_floor("dlv", oldest), id_floor("evt", oldest)
         await self.runner.run(
             [
                 command
@@ -486,6 +487,7 @@ class Ledger:
                 for command in (
                     ("ZREMRANGEBYLEX", self.keys.dead(p), "-", f"({floor}"),
                     ("ZREMRANGEBYLEX", self.keys.deliveries(p), "-", f"({floor}"),
+                    ("ZREMRANGEBYLEX", self.keys.event_index(p), "-", f"({event_floor}"),
                 )
             ]
         )

@@ -14,6 +14,7 @@ from router.http.routes import (
     openapi,
     subscribers,
     ui,
+    whoami,
 )
 
 # Every resource the app serves; /openapi.json documents exactly these (the UI's files aside).
@@ -23,6 +24,7 @@ RESOURCES: tuple[Resource, ...] = (
     catalog.resource,
     subscribers.resource,
     api_keys.resource,
+    whoami.resource,
     deliveries.resource,
     events.resource,
     metrics.resource,

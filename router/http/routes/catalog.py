@@ -37,7 +37,11 @@ class EndpointScope(BaseModel):
 
 
 @resource.get(
-    "/v1/catalog", summary="The whole catalog", scope="read_catalog", response=CatalogData
+    "/v1/catalog",
+    summary="The whole catalog",
+    scope="read_catalog",
+    bound="open",
+    response=CatalogData,
 )
 async def get_catalog(request: web.Request) -> CatalogData:
     return CatalogData.model_validate(request.app[CATALOG].to_data())
@@ -47,6 +51,7 @@ async def get_catalog(request: web.Request) -> CatalogData:
     "/v1/catalog/events/{event}",
     summary="The scope one event requires",
     scope="read_catalog",
+    bound="open",
     response=EventScope,
     errors=(404,),
 )
@@ -63,6 +68,7 @@ async def get_event_scope(request: web.Request) -> EventScope:
     "/v1/catalog/endpoints",
     summary="The scope a platform API call requires",
     scope="read_catalog",
+    bound="open",
     query=EndpointQuery,
     response=EndpointScope,
     errors=(404, 422),

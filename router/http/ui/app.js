@@ -92,7 +92,10 @@ function signOut(error) {
 
 function buildNav() {
   const links = portal()
-    ? [[`#/subscribers/${encodeURIComponent(state.me.subscriber_id)}`, "My subscriber"]]
+    ? [
+        [`#/subscribers/${encodeURIComponent(state.me.subscriber_id)}`, "My subscriber"],
+        ["#/events", "My events"],
+      ]
     : [
         ["#/subscribers", "Subscribers"],
         ["#/events", "Events"],
@@ -119,6 +122,7 @@ function resolve(hash) {
   const parts = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   if (portal()) {
     const own = state.me.subscriber_id;
+    if (parts[0] === "events" && parts.length === 1) return { page: eventsPage, args: [] };
     if (parts[0] !== "subscribers" || parts[1] !== own || parts.length > 2) {
       return { redirect: `#/subscribers/${encodeURIComponent(own)}` };
     }
@@ -419,9 +423,11 @@ async function toggleAttempts(button, deliveryId) {
 const EVENT_FILTERS = ["type", "location_id", "company_id", "status", "since", "until"];
 
 async function eventsPage() {
-  const events = catalogEvents(await catalog());
+  const data = await catalog().catch(() => null);
   const controls = {
-    type: select("type", [["", "any"], ...events.map((e) => [e, e])]),
+    type: data
+      ? select("type", [["", "any"], ...catalogEvents(data).map((e) => [e, e])])
+      : h("input", { name: "type", autocomplete: "off" }),
     location_id: h("input", { name: "location_id", autocomplete: "off" }),
     company_id: h("input", { name: "company_id", autocomplete: "off" }),
     status: select("status", [["", "any"], ...EVENT_STATUSES.map((s) => [s, s])]),

@@ -12,10 +12,10 @@ from router.core.records import EventStatus, IncomingEvent
 from router.storage.keys import RouterKeys
 from router.storage.scripts import Command, Script
 
-# KEYS: events stream, stats, then per event: its hash, its webhook-id dedupe key, its body
-# dedupe key. ARGV: retention, dedupe window, max backlog, then per event (STRIDE values): id,
-# body, event, payload type, location, company, webhook id ('' = none), received at, status
-# ('accepted'/'unroutable'), whether its body digest counts ('1'/'').
+# KEYS: events stream, stats, event index, then per event: its hash, its webhook-id dedupe
+# key, its body dedupe key. ARGV: retention, dedupe window, max backlog, then per event
+# (STRIDE values): id, body, event, payload type, location, company, webhook id ('' = none),
+# received at, status ('accepted'/'unroutable'), whether its body digest counts ('1'/'').
 # Returns (status, event id) per event: the original's id for a duplicate, 'overloaded', or
 # the error message of an event whose own writes failed (`pcall`: not its batch's).
 STRIDE = 10
@@ -26,7 +26,7 @@ local out = {}
 local backlog = redis.call('XLEN', KEYS[1])
 local function accept(i)
   local a = 3 + 10 * i
-  local event_key, webhook_key, body_key = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local event_key, webhook_key, body_key = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
   local id, webhook, status, by_body = ARGV[a + 1], ARGV[a + 7], ARGV[a + 9], ARGV[a + 10]
   local prior = false
   if webhook ~= '' then prior = redis.call('GET', webhook_key) end
@@ -40,6 +40,7 @@ local function accept(i)
     'payload_type', ARGV[a + 4], 'location_id', ARGV[a + 5], 'company_id', ARGV[a + 6],
     'webhook_id', webhook, 'received_at', ARGV[a + 8], 'status', status)
   redis.call('EXPIRE', event_key, ARGV[1])
+  redis.call('ZADD', KEYS[3], 0, id)
   if webhook ~= '' then redis.call('SET', webhook_key, id, 'EX', ARGV[2]) end
   if by_body ~= '' then redis.call('SET', body_key, id, 'EX', ARGV[2]) end
   if status == 'accepted' then
@@ -50,7 +51,7 @@ local function accept(i)
   end
   return status, id
 end
-for i = 0, (#KEYS - 2) / 3 - 1 do
+for i = 0, (#KEYS - 3) / 3 - 1 do
   -- pcall with arguments, not a closure per event: closures were a tenth of the script's time
   local ok, status, id = pcall(accept, i)
   if ok then
@@ -106,7 +107,11 @@ def accept_command(
     """The call for `events` (all of `partition`), and per event the error that kept it out
     of the call (None for those in it, in order). The command is None when none could join.
     `max_backlog` is this partition's share of the dispatch backlog."""
-    all_keys: list[str] = [keys.events_stream(partition), keys.stats(partition)]
+    all_keys: list[str] = [
+        keys.events_stream(partition),
+        keys.stats(partition),
+        keys.event_index(partition),
+    ]
     args: list[Any] = [retention, dedupe_window, max_backlog]
     left_out: list[Exception | None] = []
     for event in events:
@@ -120,7 +125,7 @@ def accept_command(
         all_keys += own_keys
         args += own_args
         left_out.append(None)
-    command = SCRIPT.command(all_keys, args) if len(all_keys) > 2 else None
+    command = SCRIPT.command(all_keys, args) if len(all_keys) > 3 else None
     return command, left_out
 
 
