@@ -7,8 +7,9 @@ import { badge, definitions, field, h, select, table, when } from "./dom.js";
 
 const DELIVERY_STATUSES = ["pending", "succeeded", "failed", "dead", "skipped"];
 const EVENT_STATUSES = ["accepted", "duplicate", "unroutable"];
-const COUNTER_POLL_MS = 5000;
-const COUNTER_POINTS = 60;
+const COUNTER_POLL_MS = 2000;
+const COUNTER_POINTS = 90; // three minutes of samples
+const RATE_WINDOW_MS = 60000; // each point: the rate over the minute before it
 
 const state = { me: null, catalog: null, counters: [], poll: null };
 const $ = (id) => document.getElementById(id);
@@ -342,7 +343,7 @@ function explainForm(path, data) {
       output.replaceChildren(
         h("p", {}, badge(verdict.entitled ? "entitled" : "not entitled", verdict.entitled ? "succeeded" : "dead"),
           ` ${verdict.event} needs ${verdict.required_scope ?? "no known scope"}.`),
-        verdict.reasons.length ? h("ul", {}, verdict.reasons.map((r) => h("li", {}, r))) : null,
+        h("ul", {}, verdict.reasons.map((r) => h("li", {}, r))),
       );
     });
   };
@@ -378,7 +379,7 @@ function deliveriesTable(items) {
     "Deliveries, newest first",
     ["Delivery", "Event", "Status", "Attempts", "Last code", "Updated"],
     items.map((d) => [
-      h("button", { type: "button", class: "link", "aria-expanded": "false", onclick: (e) => toggleAttempts(e.currentTarget, d.id) }, d.id),
+      h("button", { type: "button", class: "link mono", "aria-expanded": "false", onclick: (e) => toggleAttempts(e.currentTarget, d.id) }, d.id),
       d.event,
       badge(d.status),
       String(d.attempt_count),
@@ -465,7 +466,7 @@ function eventsTable(items) {
     "Events, newest first",
     ["Event", "Type", "Status", "Location", "Company", "Received"],
     items.map((e) => [
-      h("button", { type: "button", class: "link", "aria-expanded": "false", onclick: (ev) => toggleEventDeliveries(ev.currentTarget, e.id) }, e.id),
+      h("button", { type: "button", class: "link mono", "aria-expanded": "false", onclick: (ev) => toggleEventDeliveries(ev.currentTarget, e.id) }, e.id),
       e.type,
       badge(e.status),
       e.location_id ?? "—",
@@ -518,7 +519,7 @@ async function catalogPage() {
         h("code", {}, s.name),
         s.access.join(", "),
         s.events.join(", ") || "—",
-        s.endpoints.length ? h("details", {}, h("summary", {}, `${s.endpoints.length} endpoints`),
+        s.endpoints.length ? h("details", {}, h("summary", {}, `${s.endpoints.length} endpoint${s.endpoints.length === 1 ? "" : "s"}`),
           h("ul", { class: "plain" }, s.endpoints.map((e) => h("li", {}, h("code", {}, e))))) : "—",
       ]),
     ),
@@ -551,23 +552,30 @@ async function sampleCounters() {
   if (state.counters.length > COUNTER_POINTS + 1) state.counters.shift();
 }
 
-function renderCounters(box) {
+// Per minute at each sample: the change over the minute before it (or since the first
+// sample, when the page has been open for less than that).
+function rates() {
   const points = state.counters;
-  const rates = points.slice(1).map((p, i) => {
-    const minutes = (p.at - points[i].at) / 60000;
-    return Object.fromEntries(SERIES.map((s) => [s.name, Math.max(0, (p.totals[s.name] - points[i].totals[s.name]) / minutes)]));
+  return points.slice(1).map((p, i) => {
+    const base = points.slice(0, i + 1).find((q) => p.at - q.at <= RATE_WINDOW_MS) ?? points[i];
+    const minutes = (p.at - base.at) / 60000;
+    return Object.fromEntries(SERIES.map((s) => [s.name, Math.max(0, (p.totals[s.name] - base.totals[s.name]) / minutes)]));
   });
-  const latest = points.at(-1).totals;
-  const now = rates.at(-1);
+}
+
+function renderCounters(box) {
+  const series = rates();
+  const latest = state.counters.at(-1).totals;
+  const now = series.at(-1);
   const legend = h("ul", { class: "legend" }, SERIES.map((s) => h("li", { class: s.cls }, s.name)));
-  const chart = rates.length >= 1
-    ? lineChart(`Per minute over the last ${rates.length} samples: ` + SERIES.map((s) => `${s.name} ${Math.round(now[s.name])}`).join(", "),
-      SERIES.map((s) => ({ ...s, values: rates.map((r) => r[s.name]) })), rates.map((_, i) => i))
+  const summary = now && SERIES.map((s) => `${s.name} ${Math.round(now[s.name])}`).join(", ");
+  const chart = now
+    ? lineChart(`Per minute, newest on the right: ${summary}`, SERIES.map((s) => ({ ...s, values: series.map((r) => r[s.name]) })))
     : h("p", { class: "empty" }, "Collecting a second sample…");
   box.replaceChildren(
     legend,
     chart,
-    table("Counters of this router process", ["Counter", "Total", "Per minute (last sample)"],
+    table("Counters of this router process", ["Counter", "Total", "Per minute"],
       SERIES.map((s) => [s.name, String(latest[s.name]), now ? String(Math.round(now[s.name])) : "—"])),
   );
 }
@@ -582,7 +590,7 @@ async function countersPage() {
   }), COUNTER_POLL_MS);
   return h("section", { "aria-labelledby": "page-title" },
     h("h1", { id: "page-title" }, "Live counters"),
-    h("p", {}, `Events accepted and deliveries succeeded, failed (to be retried) and dead, per minute, sampled every ${COUNTER_POLL_MS / 1000} s from this process's /metrics.`),
+    h("p", {}, `Events accepted and deliveries succeeded, failed (to be retried) and dead, per minute over the last minute, sampled every ${COUNTER_POLL_MS / 1000} s from this router process's /metrics while this page is open.`),
     box);
 }
 

@@ -1,9 +1,9 @@
 // A small line chart drawn as SVG elements (no library, no inline style: the page's CSP).
 
 const SVG = "http://www.w3.org/2000/svg";
-const WIDTH = 600;
-const HEIGHT = 200;
-const PAD = 28;
+const WIDTH = 900;
+const HEIGHT = 240;
+const PAD = 32;
 
 function svg(tag, attrs = {}) {
   const el = document.createElementNS(SVG, tag);
@@ -11,10 +11,11 @@ function svg(tag, attrs = {}) {
   return el;
 }
 
-// series: [{name, cls, values: [number]}], all of the same length; labels: one per value.
-export function lineChart(title, series, labels) {
-  const count = labels.length;
-  const peak = Math.max(1, ...series.flatMap((s) => s.values));
+// series: [{name, cls, values: [number]}], all of the same length (at least one value).
+export function lineChart(title, series) {
+  const count = series[0].values.length;
+  // A top value divisible by 4, so every grid line is labelled with a whole number.
+  const peak = Math.max(4, Math.ceil(Math.max(...series.flatMap((s) => s.values)) / 4) * 4);
   const x = (i) => PAD + (count <= 1 ? 0 : (i * (WIDTH - 2 * PAD)) / (count - 1));
   const y = (v) => HEIGHT - PAD - (v * (HEIGHT - 2 * PAD)) / peak;
   const root = svg("svg", {
@@ -22,12 +23,11 @@ export function lineChart(title, series, labels) {
     class: "chart",
     role: "img",
     "aria-label": title,
-    preserveAspectRatio: "none",
   });
   const titleEl = svg("title");
   titleEl.textContent = title;
   root.append(titleEl);
-  for (const fraction of [0, 0.5, 1]) {
+  for (const fraction of [0, 0.25, 0.5, 0.75, 1]) {
     const level = y(peak * fraction);
     root.append(svg("line", { x1: PAD, x2: WIDTH - PAD, y1: level, y2: level, class: "grid" }));
     const tick = svg("text", { x: 2, y: level + 4, class: "tick" });
@@ -37,6 +37,9 @@ export function lineChart(title, series, labels) {
   for (const s of series) {
     const points = s.values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
     root.append(svg("polyline", { points, class: `line ${s.cls}` }));
+    // The newest value as a dot, so a series is visible from its first point.
+    const last = s.values.length - 1;
+    root.append(svg("circle", { cx: x(last), cy: y(s.values[last]), r: 4, class: `dot ${s.cls}` }));
   }
   return root;
 }
