@@ -127,22 +127,34 @@ class Keyring:
         raw = await self.redis.hget(self.keys.api_keys, key_id)
         return None if raw is None else ApiKey.model_validate_json(raw)
 
-    async def list(self, limit: int, cursor: str | None = None) -> tuple[list[ApiKey], str | None]:
-        """Up to `limit` keys in id (creation) order after `cursor`, and the next cursor.
+    async def list(
+        self, limit: int, cursor: str | None = None, *, subscriber_id: str | None = None
+    ) -> tuple[list[ApiKey], str | None]:
+        """Up to `limit` keys in id (creation) order after `cursor`, and the next cursor; with
+        `subscriber_id`, only the keys bound to it.
 
-        The cursor is the last id of the previous page; None when there is no further page.
+        The cursor is the last id of the previous page (always a key of the listing, never
+        one it leaves out); None when there is no further page.
         """
-        start = b"-" if cursor is None else b"(" + cursor.encode()
-        ids = await self.redis.zrangebylex(
-            self.keys.api_key_ids, start, b"+", start=0, num=limit + 1
-        )
-        page = ids[:limit]
-        if not page:
-            return [], None
-        raws = await self.redis.hmget(self.keys.api_keys, page)
-        items = [ApiKey.model_validate_json(raw) for raw in raws if raw is not None]
-        next_cursor = page[-1].decode() if len(ids) > limit else None
-        return items, next_cursor
+        items: list[ApiKey] = []
+        after = cursor
+        while True:
+            start = b"-" if after is None else b"(" + after.encode()
+            ids = await self.redis.zrangebylex(
+                self.keys.api_key_ids, start, b"+", start=0, num=limit + 1
+            )
+            if not ids:
+                return items, None
+            raws = await self.redis.hmget(self.keys.api_keys, ids)
+            for raw in raws:
+                if raw is None:
+                    continue
+                key = ApiKey.model_validate_json(raw)
+                if subscriber_id is None or key.subscriber_id == subscriber_id:
+                    if len(items) == limit:
+                        return items, items[-1].id
+                    items.append(key)
+            after = ids[-1].decode()
 
     async def update_scopes(
         self, key_id: str, scopes: Iterable[str], *, check: KeyCheck | None = None

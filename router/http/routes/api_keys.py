@@ -228,11 +228,11 @@ async def create_api_key(request: web.Request, body: ApiKeyCreate) -> ApiKeyCrea
     errors=(422,),
 )
 async def list_api_keys(request: web.Request, query: PageQuery) -> ApiKeyPage:
-    """A bound caller's pages hold only its subscriber's keys, so a page may be short."""
-    keys, next_cursor = await request.app[KEYRING].list(query.limit, query.cursor)
-    return ApiKeyPage(
-        items=[_view(k) for k in keys if _visible(request, k)], next_cursor=next_cursor
+    """A bound caller's pages hold only its subscriber's keys."""
+    keys, next_cursor = await request.app[KEYRING].list(
+        query.limit, query.cursor, subscriber_id=bound_subscriber(request)
     )
+    return ApiKeyPage(items=[_view(k) for k in keys], next_cursor=next_cursor)
 
 
 @resource.get(

@@ -42,14 +42,13 @@ _UNTIL = "Only those of events received before this RFC 3339 time (exclusive)"
 
 
 def window(since: datetime | None, until: datetime | None) -> Window:
-    """The listing window of a `since`/`until` query; 422 naming `until` if it is not after
-    `since`."""
+    """The listing window of a `since`/`until` query (empty when `until` is not after
+    `since`: a window like any other, not an error)."""
 
     def ms(at: datetime | None) -> int | None:
-        return None if at is None else int(at.timestamp() * 1000)
+        # Ids start at the epoch: an earlier time bounds nothing.
+        return None if at is None else max(0, int(at.timestamp() * 1000))
 
-    if since is not None and until is not None and until <= since:
-        raise validation_failed([("until", "must be after since")])
     return Window(ms(since), ms(until))
 
 
