@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import Console, LiveRouter, until
+from tests.conftest import ADMIN_TOKEN
 from tests.payloads import COMPANY_ID, LOCATION_ID, OTHER_LOCATION_ID
 from tests.receivers import Reply
 
@@ -231,6 +232,30 @@ def test_live_counters_chart_accepted_delivered_failed_dead(
     expect(accepted).to_contain_text(str(stored + 3))
     expect(page.get_by_role("img", name=re.compile(r"accepted [1-9]"))).to_be_visible()
     console.shoot("counters", settle_ms=8000)
+
+
+def test_the_console_works_from_the_keyboard(console: Console, scene: Scene) -> None:
+    console.open()
+    page = console.page
+    page.keyboard.type(ADMIN_TOKEN)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Subscribers", level=1)).to_be_focused()
+    # From the page's heading, Shift+Tab walks back through the header to the nav's links.
+    page.keyboard.press("Shift+Tab")
+    expect(page.get_by_role("button", name="Sign out")).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    expect(page.get_by_role("link", name="Counters")).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    expect(page.get_by_role("link", name="Scope catalog")).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Events", level=1)).to_be_focused()
+    expect(page.get_by_role("link", name="Events")).to_have_attribute("aria-current", "page")
+    opener = page.locator("#event-results").get_by_role("button", name=scene.other_event)
+    opener.focus()
+    page.keyboard.press("Enter")
+    expect(opener).to_have_attribute("aria-expanded", "true")
+    expect(page.get_by_role("table", name=f"Deliveries of {scene.other_event}")).to_be_visible()
 
 
 # ---------------------------------------------------------------- the portal
