@@ -3,8 +3,10 @@
 The router runs with its workers in this process, on a real port, on its own event loop in a
 background thread, so the tests themselves use playwright's synchronous API. Its store is
 fakeredis, and also the real Redis of `REDIS_URL` when that is set. Deliveries go to a real
-receiver whose answers each test programs. One browser serves the whole session; each test
-gets a fresh page (a fresh session storage, so signed out).
+receiver whose answers each test programs. One browser serves the whole module; each test
+gets a fresh page (a fresh session storage, so signed out). Module, not session: while
+playwright's synchronous API is open its event loop counts as running in the main thread,
+and the asyncio tests of later modules could not start theirs.
 
 With `UI_SCREENSHOTS=<dir>` the tests save a PNG of each page there (the README's are in
 docs/screenshots/).
@@ -169,7 +171,7 @@ def until(read: Callable[[], T], done: Callable[[T], bool], deadline: float = DE
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium)")
@@ -179,7 +181,7 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-@pytest.fixture(scope="session", params=["fakeredis", "redis"])
+@pytest.fixture(scope="module", params=["fakeredis", "redis"])
 def live(request: pytest.FixtureRequest) -> Iterator[LiveRouter]:
     if request.param == "redis" and not REAL_REDIS_URL:
         pytest.skip("REDIS_URL is not set: real-Redis variant skipped")

@@ -36,7 +36,7 @@ class Scene:
     other_event: str  # delivered to `failing` only
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def scene(live: LiveRouter) -> Scene:
     live.receiver.program("/crm", then=Reply(500, body=b'{"error":"crm database offline"}'))
     healthy = live.subscribe("Billing sync", "/billing", ["contacts.readonly"])

@@ -9,10 +9,9 @@ export const token = {
 };
 
 export class ApiError extends Error {
-  constructor(status, message, code) {
+  constructor(status, message) {
     super(message);
     this.status = status;
-    this.code = code;
   }
 }
 
@@ -34,7 +33,7 @@ export async function api(method, path, { query = {}, body } = {}) {
   if (!response.ok) {
     const errors = data?.errors ?? [];
     const message = errors.map((e) => e.message).join("; ") || `HTTP ${response.status}`;
-    throw new ApiError(response.status, message, errors[0]?.extensions?.code);
+    throw new ApiError(response.status, message);
   }
   return data;
 }

@@ -46,10 +46,12 @@ export function table(caption, headings, rows, empty = "Nothing here yet.") {
   );
 }
 
-export function field(label, control, hint) {
-  const id = control.id || `f-${Math.random().toString(36).slice(2)}`;
+let fieldCount = 0;
+
+export function field(label, control) {
+  const id = control.id || `field-${++fieldCount}`;
   control.id = id;
-  return h("div", { class: "field" }, h("label", { for: id }, label), control, hint && h("small", {}, hint));
+  return h("div", { class: "field" }, h("label", { for: id }, label), control);
 }
 
 export function select(name, options, value = "") {
