@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from router.core.records import WorkItem
 from router.http.app import create_app
+from router.http.routes.deliveries import breaker_view
 from router.pipeline.delivery import WaitingWork
 from router.storage.ledger import Ledger
 from tests.conftest import ADMIN_TOKEN, make_settings
@@ -752,3 +754,57 @@ async def test_work_held_by_an_open_breaker_stays_parked_until_the_probe_time(
     assert len(receiver.requests("/fragile")) == 2
     for delivery_id in ids:
         assert (await router.delivery(delivery_id))["attempt_count"] == 0
+
+
+# ---------------------------------------------------------------- health (the UI's subscriber list)
+
+
+def test_breaker_is_closed_below_the_threshold_open_until_its_time_then_half_open() -> None:
+    assert breaker_view({}, 3, 1_000).model_dump() == {
+        "state": "closed",
+        "consecutive_failures": 0,
+        "open_until": None,
+    }
+    assert breaker_view({"failures": "2"}, 3, 1_000).state == "closed"
+    opened = breaker_view({"failures": "3", "open_until": "5000"}, 3, 1_000)
+    assert opened.state == "open"
+    assert opened.open_until == datetime.fromtimestamp(5, tz=UTC)
+    assert breaker_view({"failures": "3", "open_until": "5000"}, 3, 5_000).state == "half_open"
+
+
+async def test_health_reports_the_failing_subscriber_and_the_healthy_one(
+    start_router: RouterFactory, receiver: Receiver
+) -> None:
+    router = await start_router(breaker_threshold=2, breaker_probe_interval=60)
+    receiver.program("/down", then=500)
+    down = await router.subscribe(receiver.url("/down"), ["contacts.readonly"])
+    up = await router.subscribe(receiver.url("/up"), ["contacts.readonly"])
+    event_id = await router.publish("ContactCreate")
+    dead_id = await router.delivery_for(event_id, down["id"])
+    ok_id = await router.delivery_for(event_id, up["id"])
+    await router.settled(ok_id, "succeeded")
+    # The breaker opens after two failures and holds the rest of the schedule back, so the
+    # delivery stays failed (not yet dead) until the probe interval has passed.
+    health = await until(
+        lambda: router.call("GET", f"/v1/subscribers/{down['id']}/health"),
+        lambda h: h["breaker"]["state"] == "open",
+    )
+
+    assert health["breaker"]["state"] == "open"
+    assert health["breaker"]["consecutive_failures"] == 2
+    assert health["sampled"] == 1
+    assert health["success_rate"] == 0.0
+    assert health["last_failure"]["id"] == dead_id
+    assert health["last_failure"]["last_status_code"] == 500
+    assert health["last_failure"]["status"] == "failed"
+
+    healthy = await router.call("GET", f"/v1/subscribers/{up['id']}/health")
+    assert healthy["breaker"]["state"] == "closed"
+    assert healthy["success_rate"] == 1.0
+    assert healthy["last_failure"] is None
+    assert len(SCHEDULE) > 2  # else the delivery would be dead before the breaker opened
+
+
+async def test_health_of_an_unknown_subscriber_is_404(router: Router) -> None:
+    answer = await router.call("GET", "/v1/subscribers/sub_nope/health", 404)
+    assert answer["errors"][0]["extensions"]["code"] == "NOT_FOUND"

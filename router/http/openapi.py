@@ -54,8 +54,8 @@ def build_openapi(resources: Iterable[Resource], catalog: Catalog | None = None)
 
     Raises ValueError if two handlers share a name (operationIds must be unique).
     """
-    resource_list = list(resources)
-    operations = [op for r in resource_list for op in r.operations]
+    resource_list = [r for r in resources if any(op.documented for op in r.operations)]
+    operations = [op for r in resource_list for op in r.operations if op.documented]
     refs, schemas = _schemas(operations)
     _list_catalog_names(schemas, catalog or load_catalog())
     paths: dict[str, dict[str, Any]] = {}

@@ -57,6 +57,8 @@ class Operation:
     extra_responses: dict[int, str] = field(default_factory=dict)
     # A body the handler reads itself (raw bytes kept), declared for the OpenAPI document only.
     documented_body: type[BaseModel] | None = None
+    # False: served but left out of the OpenAPI document (the web UI's files, which are no API).
+    documented: bool = True
 
 
 def render(
@@ -124,6 +126,7 @@ class Resource:
         errors: tuple[int, ...] = (),
         extra_responses: dict[int, str] | None = None,
         documented_body: type[BaseModel] | None = None,
+        documented: bool = True,
     ) -> Callable[[HandlerFn], web.Handler]:
         """Decorate `async def handler(request, *, body=..., query=...)`.
 
@@ -146,6 +149,7 @@ class Resource:
                 errors=errors,
                 extra_responses=extra_responses or {},
                 documented_body=documented_body,
+                documented=documented,
             )
 
             @functools.wraps(fn)

@@ -255,6 +255,11 @@ class History:
         )
         return len(rows)
 
+    async def breaker(self, subscriber_id: str) -> dict[str, str]:
+        """A subscriber's breaker: `failures` (consecutive) and `open_until` (ms), each absent
+        while zero."""
+        return decode_hash(await self.redis.hgetall(self.keys.breaker(subscriber_id)))
+
     async def depths(self) -> dict[str, int]:
         """Queue depths for metrics: ready, retry, dead, dispatch backlog, open breakers."""
         k = self.keys

@@ -13,10 +13,11 @@ from router.http.routes import (
     metrics,
     openapi,
     subscribers,
+    ui,
     whoami,
 )
 
-# Every resource the app serves; /openapi.json documents exactly these.
+# Every resource the app serves; /openapi.json documents exactly these (the UI's files aside).
 RESOURCES: tuple[Resource, ...] = (
     health.resource,
     ingest.resource,
@@ -28,4 +29,5 @@ RESOURCES: tuple[Resource, ...] = (
     events.resource,
     metrics.resource,
     openapi.resource,
+    ui.resource,
 )

@@ -1,4 +1,5 @@
-"""Deliveries: their log of attempts, a manual retry, and replaying a subscriber's deliveries.
+"""Deliveries: their log of attempts, a manual retry, replaying a subscriber's deliveries, and
+how a subscriber's deliveries have been going lately.
 
 A subscriber-bound key lists only its subscriber's deliveries and gets 404 for any other's,
 exactly as for a delivery that does not exist.
@@ -8,17 +9,18 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from router.core.records import DeliveryStatus
 from router.http.auth import bound_subscriber, subscriber_not_found
-from router.http.context import HISTORY, SUBSCRIBERS
+from router.http.context import HISTORY, SETTINGS, SUBSCRIBERS
 from router.http.errors import conflict, not_found, validation_failed
 from router.http.operations import Resource
 from router.storage.history import Window
+from subscriptions.ids import now_ms
 
 resource = Resource("deliveries")
 
@@ -121,6 +123,51 @@ class DeliveryQuery(BaseModel):
 
 class Requeued(BaseModel):
     requeued: int
+
+
+# Deliveries examined for a subscriber's health: enough for a rate, one listing page's read.
+HEALTH_SAMPLE = 100
+_JUDGED = {DeliveryStatus.succeeded, DeliveryStatus.failed, DeliveryStatus.dead}
+_FAILING = {DeliveryStatus.failed, DeliveryStatus.dead}
+
+
+class Breaker(BaseModel):
+    state: Literal["closed", "open", "half_open"] = Field(
+        description="`open`: attempts are held until `open_until`; `half_open`: one probe "
+        "attempt may run, and its success closes the breaker"
+    )
+    consecutive_failures: int
+    open_until: datetime | None
+
+
+class SubscriberHealth(BaseModel):
+    breaker: Breaker
+    sampled: int = Field(
+        description=f"Recent deliveries examined, newest first (at most {HEALTH_SAMPLE})"
+    )
+    success_rate: float | None = Field(
+        description="Of the sampled deliveries that were attempted (succeeded, failed or dead), "
+        "the share that succeeded; null when none was"
+    )
+    last_failure: Delivery | None = Field(
+        description="The newest sampled delivery that is failed or dead, with its last error"
+    )
+
+
+def breaker_view(raw: dict[str, str], threshold: int, now: int) -> Breaker:
+    """What a subscriber's breaker hash means for its next attempt (`router.pipeline.attempt`
+    applies the same rule)."""
+    failures = int(raw.get("failures", 0))
+    open_until = int(raw.get("open_until", 0))
+    if failures < threshold:
+        state: Literal["closed", "open", "half_open"] = "closed"
+    else:
+        state = "open" if now < open_until else "half_open"
+    return Breaker(
+        state=state,
+        consecutive_failures=failures,
+        open_until=datetime.fromtimestamp(open_until / 1000, tz=UTC) if open_until else None,
+    )
 
 
 class ReplayRequest(BaseModel):
@@ -226,4 +273,32 @@ async def replay(request: web.Request, body: ReplayRequest) -> Requeued:
     since_ms = int(since.timestamp() * 1000) if since else None
     return Requeued(
         requeued=await request.app[HISTORY].replay(subscriber_id, body.status, since_ms)
+    )
+
+
+@resource.get(
+    "/v1/subscribers/{subscriber_id}/health",
+    summary="A subscriber's breaker, recent success rate and last failure",
+    scope="read_deliveries",
+    bound="subscriber_path",
+    response=SubscriberHealth,
+    errors=(404,),
+)
+async def subscriber_health(request: web.Request) -> SubscriberHealth:
+    subscriber_id = request.match_info["subscriber_id"]
+    if await request.app[SUBSCRIBERS].get(subscriber_id) is None:
+        raise subscriber_not_found()
+    history = request.app[HISTORY]
+    page = await history.list_deliveries(
+        subscriber_id=subscriber_id, status=None, event=None, limit=HEALTH_SAMPLE, cursor=None
+    )
+    recent = [Delivery.from_record(row) for row in page.items]
+    judged = [d for d in recent if d.status in _JUDGED]
+    succeeded = sum(d.status is DeliveryStatus.succeeded for d in judged)
+    threshold = request.app[SETTINGS].breaker_threshold
+    return SubscriberHealth(
+        breaker=breaker_view(await history.breaker(subscriber_id), threshold, now_ms()),
+        sampled=len(recent),
+        success_rate=succeeded / len(judged) if judged else None,
+        last_failure=next((d for d in recent if d.status in _FAILING), None),
     )
