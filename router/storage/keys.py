@@ -147,6 +147,17 @@ class RouterKeys:
         dedupe window)."""
         return f"{self._p(partition)}:seen:{digest[:32]}"
 
+    def retained_events(self, partition: int) -> str:
+        """Sorted set (all scores 0): the partition's stored event ids in id (= time) order,
+        trimmed past the retention; what a backfill pages through."""
+        return f"{self._p(partition)}:events:retained"
+
+    def backfill_cursor(self, subscriber_id: str, window: str) -> str:
+        """String with TTL: how far a backfill of one subscriber over one window (a digest of
+        its terms) has got, so a call repeated after a crash goes on from there."""
+        digest = hashlib.sha256(window.encode()).hexdigest()[:32]
+        return f"{self._g}:backfill:{subscriber_id}:{digest}"
+
     def stats(self, partition: int) -> str:
         """Hash of counters that must survive restarts (unroutable events, ...)."""
         return f"{self._p(partition)}:stats"

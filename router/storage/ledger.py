@@ -138,6 +138,7 @@ class Ledger:
 
     async def _accept_batch(self, events: list[IncomingEvent]) -> list[accept.Accepted | Exception]:
         groups = by_partition(events, lambda e: event_partition(e.event_id))
+        oldest_kept = id_floor("evt", now_ms() - self.retention * 1000)
         calls: list[Command] = []
         parts: list[tuple[list[IncomingEvent], list[Exception | None], int | None]] = []
         for partition, group in groups.items():
@@ -148,6 +149,7 @@ class Ledger:
                 retention=self.retention,
                 dedupe_window=self.dedupe_window,
                 max_backlog=self._backlog_share,
+                oldest_kept=oldest_kept,
             )
             parts.append((group, left_out, len(calls) if command is not None else None))
             if command is not None:

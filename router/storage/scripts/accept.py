@@ -12,8 +12,9 @@ from router.core.records import EventStatus, IncomingEvent
 from router.storage.keys import RouterKeys
 from router.storage.scripts import Command, Script
 
-# KEYS: events stream, stats, then per event: its hash, its webhook-id dedupe key, its body
-# dedupe key. ARGV: retention, dedupe window, max backlog, then per event (STRIDE values): id,
+# KEYS: events stream, stats, retained-events index, then per event: its hash, its webhook-id
+# dedupe key, its body dedupe key. ARGV: retention, dedupe window, max backlog, oldest event id
+# kept (the index is trimmed below it), then per event (STRIDE values): id,
 # body, event, payload type, location, company, webhook id ('' = none), received at, status
 # ('accepted'/'unroutable'), whether its body digest counts ('1'/'').
 # Returns (status, event id) per event: the original's id for a duplicate, 'overloaded', or
@@ -25,8 +26,8 @@ SCRIPT = Script(
 local out = {}
 local backlog = redis.call('XLEN', KEYS[1])
 local function accept(i)
-  local a = 3 + 10 * i
-  local event_key, webhook_key, body_key = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local a = 4 + 10 * i
+  local event_key, webhook_key, body_key = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
   local id, webhook, status, by_body = ARGV[a + 1], ARGV[a + 7], ARGV[a + 9], ARGV[a + 10]
   local prior = false
   if webhook ~= '' then prior = redis.call('GET', webhook_key) end
@@ -40,6 +41,7 @@ local function accept(i)
     'payload_type', ARGV[a + 4], 'location_id', ARGV[a + 5], 'company_id', ARGV[a + 6],
     'webhook_id', webhook, 'received_at', ARGV[a + 8], 'status', status)
   redis.call('EXPIRE', event_key, ARGV[1])
+  redis.call('ZADD', KEYS[3], 0, id)
   if webhook ~= '' then redis.call('SET', webhook_key, id, 'EX', ARGV[2]) end
   if by_body ~= '' then redis.call('SET', body_key, id, 'EX', ARGV[2]) end
   if status == 'accepted' then
@@ -50,7 +52,7 @@ local function accept(i)
   end
   return status, id
 end
-for i = 0, (#KEYS - 2) / 3 - 1 do
+for i = 0, (#KEYS - 3) / 3 - 1 do
   -- pcall with arguments, not a closure per event: closures were a tenth of the script's time
   local ok, status, id = pcall(accept, i)
   if ok then
@@ -61,6 +63,8 @@ for i = 0, (#KEYS - 2) / 3 - 1 do
     out[#out + 1] = type(status) == 'table' and status.err or tostring(status)
   end
 end
+redis.call('ZREMRANGEBYLEX', KEYS[3], '-', '(' .. ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
 return out
 """,
 )
@@ -102,12 +106,18 @@ def accept_command(
     retention: int,
     dedupe_window: int,
     max_backlog: int,
+    oldest_kept: str,
 ) -> tuple[Command | None, list[Exception | None]]:
     """The call for `events` (all of `partition`), and per event the error that kept it out
     of the call (None for those in it, in order). The command is None when none could join.
-    `max_backlog` is this partition's share of the dispatch backlog."""
-    all_keys: list[str] = [keys.events_stream(partition), keys.stats(partition)]
-    args: list[Any] = [retention, dedupe_window, max_backlog]
+    `max_backlog` is this partition's share of the dispatch backlog; stored events are
+    indexed for backfills, the index trimmed below `oldest_kept`."""
+    all_keys: list[str] = [
+        keys.events_stream(partition),
+        keys.stats(partition),
+        keys.retained_events(partition),
+    ]
+    args: list[Any] = [retention, dedupe_window, max_backlog, oldest_kept]
     left_out: list[Exception | None] = []
     for event in events:
         try:
@@ -120,7 +130,7 @@ def accept_command(
         all_keys += own_keys
         args += own_args
         left_out.append(None)
-    command = SCRIPT.command(all_keys, args) if len(all_keys) > 2 else None
+    command = SCRIPT.command(all_keys, args) if len(all_keys) > 3 else None
     return command, left_out
 
 
