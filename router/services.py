@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from redis.asyncio import RedisCluster
 
 from router.core.metrics import Metrics
+from router.pipeline.operational import OperationalEvents
 from router.pipeline.workers import WorkerGroup
 from router.settings import CLUSTER_PARTITIONS, Settings
 from router.storage.client import CommandRunner, Store, connect, open_redis
@@ -18,6 +19,9 @@ from router.storage.ledger import Ledger
 from subscriptions.catalog import Catalog, load_catalog
 from subscriptions.keys import SubscriberKeys
 from subscriptions.store import SubscriberStore
+
+# Seconds a stopping process waits for its queued operational events to be stored.
+OPERATIONS_CLOSE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Services:
     ledger: Ledger
     history: History
     metrics: Metrics
+    operations: OperationalEvents  # the router's own events (router.*)
     owns_redis: bool  # opened here from the settings, so closed here too
 
     def worker_group(self) -> WorkerGroup:
@@ -40,9 +45,11 @@ class Services:
             store=self.subscribers,
             ledger=self.ledger,
             metrics=self.metrics,
+            operations=self.operations,
         )
 
     async def close(self) -> None:
+        await self.operations.close(OPERATIONS_CLOSE_TIMEOUT)
         if self.owns_redis:
             await self.redis.aclose()
 
@@ -71,6 +78,7 @@ def build_services(
     store as the settings say. Raises `CatalogError` if the catalog cannot be loaded."""
     if catalog is None:
         catalog = load_catalog(settings.catalog_path, settings.catalog_overlay)
+    catalog = catalog.with_router_scope()
     client = open_redis(settings) if redis is None else redis
     keys = RouterKeys(settings.key_prefix, partitions_for(settings, client))
     subscriber_keys = SubscriberKeys(settings.key_prefix)
@@ -79,21 +87,24 @@ def build_services(
         min_replicas=settings.min_replicas,
         replica_timeout=settings.replica_timeout,
     )
+    ledger = Ledger(
+        runner,
+        keys,
+        subscriber_keys,
+        retention=settings.retention,
+        dedupe_window=settings.dedupe_window,
+        max_backlog=settings.max_backlog,
+    )
+    metrics = Metrics()
     return Services(
         settings=settings,
         catalog=catalog,
         redis=client,
         subscribers=SubscriberStore(client, subscriber_keys, catalog),
         keyring=Keyring(client, keys),
-        ledger=Ledger(
-            runner,
-            keys,
-            subscriber_keys,
-            retention=settings.retention,
-            dedupe_window=settings.dedupe_window,
-            max_backlog=settings.max_backlog,
-        ),
+        ledger=ledger,
         history=History(runner, keys),
-        metrics=Metrics(),
+        metrics=metrics,
+        operations=OperationalEvents(ledger, metrics),
         owns_redis=redis is None if owns_redis is None else owns_redis,
     )

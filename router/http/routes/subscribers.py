@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from router.core.targets import URL_PATTERN, canonical_url
 from router.core.text import Name, Token, documented_pattern
-from router.http.context import CATALOG, SETTINGS, SUBSCRIBERS
+from router.http.context import CATALOG, OPERATIONS, SETTINGS, SUBSCRIBERS
 from router.http.errors import bad_request, conflict, not_found, validation_failed
 from router.http.openapi import catalog_names
 from router.http.operations import Resource, render
@@ -399,14 +399,24 @@ async def patch_subscriber(request: web.Request, body: SubscriberPatch) -> web.R
     _refuse(problems)
     if "url" in changes:
         changes["url"] = canonical_url(changes["url"])
+    store = request.app[SUBSCRIBERS]
+    pausing = changes.get("status") == SubscriberStatus.paused
+    before = await store.get(_subscriber_id(request)) if pausing else None
     try:
-        sub = await request.app[SUBSCRIBERS].update(
+        sub = await store.update(
             _subscriber_id(request), changes, expected_version=_if_match(request)
         )
     except StaleVersion:
         raise conflict("The subscriber changed since the version in If-Match") from None
     if sub is None:
         raise not_found("Subscriber")
+    if before is not None and before.status is SubscriberStatus.active:
+        request.app[OPERATIONS].emit(
+            "router.subscriber.disabled",
+            subscriber_id=sub.id,
+            reason="paused by an operator",
+            status=SubscriberStatus.paused.value,
+        )
     return render(view(sub), 200, _etag(sub))
 
 
