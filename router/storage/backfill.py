@@ -2,8 +2,9 @@
 one subscriber, and the cursor that lets a repeated call go on where an interrupted one
 stopped.
 
-Every stored event is indexed in its partition's retained-events set by the accept script, so
-a window is read in id (= time) order without scanning the keyspace. Deliveries are created by
+Every stored event is in its partition's event index (the accept script adds it, `Ledger.trim`
+forgets it past the retention), so a window is read in id (= time) order without scanning the
+keyspace. Deliveries are created by
 the same script dispatch uses: it creates only those that do not exist yet, so whatever a
 backfill schedules twice, or dispatch and a backfill both schedule, exists once.
 """
@@ -40,7 +41,7 @@ class BackfillStore:
         """Up to `count` retained event ids of `partition` from `since` (or past `cursor`) to
         before `until` (both id floors), oldest first."""
         low = f"({cursor}" if cursor is not None else f"[{since}"
-        index = self.keys.retained_events(partition)
+        index = self.keys.event_index(partition)
         page = await self.runner.one(("ZRANGEBYLEX", index, low, f"({until}", "LIMIT", 0, count))
         return [member.decode() for member in page]
 

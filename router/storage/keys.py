@@ -133,6 +133,10 @@ class RouterKeys:
         """Hash: the stored event (raw body and routing fields)."""
         return f"{self._event_tag(event_id)}:event:{event_id}"
 
+    def event_index(self, partition: int) -> str:
+        """Sorted set (all scores 0): the partition's stored event ids, in id (= time) order."""
+        return f"{self._p(partition)}:event-ids"
+
     def event_deliveries(self, event_id: str) -> str:
         """Sorted set (all scores 0): the delivery ids made for one event."""
         return f"{self._event_tag(event_id)}:event:{event_id}:deliveries"
@@ -146,11 +150,6 @@ class RouterKeys:
         """String: the event id first accepted with this body (sha256 hex; expires with the
         dedupe window)."""
         return f"{self._p(partition)}:seen:{digest[:32]}"
-
-    def retained_events(self, partition: int) -> str:
-        """Sorted set (all scores 0): the partition's stored event ids in id (= time) order,
-        trimmed past the retention; what a backfill pages through."""
-        return f"{self._p(partition)}:events:retained"
 
     def backfill_cursor(self, subscriber_id: str, window: str) -> str:
         """String with TTL: how far a backfill of one subscriber over one window (a digest of

@@ -138,7 +138,6 @@ class Ledger:
 
     async def _accept_batch(self, events: list[IncomingEvent]) -> list[accept.Accepted | Exception]:
         groups = by_partition(events, lambda e: event_partition(e.event_id))
-        oldest_kept = id_floor("evt", now_ms() - self.retention * 1000)
         calls: list[Command] = []
         parts: list[tuple[list[IncomingEvent], list[Exception | None], int | None]] = []
         for partition, group in groups.items():
@@ -149,7 +148,6 @@ class Ledger:
                 retention=self.retention,
                 dedupe_window=self.dedupe_window,
                 max_backlog=self._backlog_share,
-                oldest_kept=oldest_kept,
             )
             parts.append((group, left_out, len(calls) if command is not None else None))
             if command is not None:
@@ -489,9 +487,10 @@ class Ledger:
 
     # ---------------------------------------------------------------- maintenance
     async def trim(self) -> None:
-        """Forget index entries of deliveries older than the retention (their records have
-        expired), and consumers of restarted processes that hold nothing."""
-        floor = id_floor("dlv", now_ms() - self.retention * 1000)
+        """Forget index entries of events and deliveries older than the retention (their
+        records have expired), and consumers of restarted processes that hold nothing."""
+        oldest = now_ms() - self.retention * 1000
+        floor, event_floor = id_floor("dlv", oldest), id_floor("evt", oldest)
         await self.runner.run(
             [
                 command
@@ -499,6 +498,7 @@ class Ledger:
                 for command in (
                     ("ZREMRANGEBYLEX", self.keys.dead(p), "-", f"({floor}"),
                     ("ZREMRANGEBYLEX", self.keys.deliveries(p), "-", f"({floor}"),
+                    ("ZREMRANGEBYLEX", self.keys.event_index(p), "-", f"({event_floor}"),
                 )
             ]
         )

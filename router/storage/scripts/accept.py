@@ -12,11 +12,10 @@ from router.core.records import EventStatus, IncomingEvent
 from router.storage.keys import RouterKeys
 from router.storage.scripts import Command, Script
 
-# KEYS: events stream, stats, retained-events index, then per event: its hash, its webhook-id
-# dedupe key, its body dedupe key. ARGV: retention, dedupe window, max backlog, oldest event id
-# kept (the index is trimmed below it), then per event (STRIDE values): id,
-# body, event, payload type, location, company, webhook id ('' = none), received at, status
-# ('accepted'/'unroutable'), whether its body digest counts ('1'/'').
+# KEYS: events stream, stats, event index, then per event: its hash, its webhook-id dedupe
+# key, its body dedupe key. ARGV: retention, dedupe window, max backlog, then per event
+# (STRIDE values): id, body, event, payload type, location, company, webhook id ('' = none),
+# received at, status ('accepted'/'unroutable'), whether its body digest counts ('1'/'').
 # Returns (status, event id) per event: the original's id for a duplicate, 'overloaded', or
 # the error message of an event whose own writes failed (`pcall`: not its batch's).
 STRIDE = 10
@@ -26,7 +25,7 @@ SCRIPT = Script(
 local out = {}
 local backlog = redis.call('XLEN', KEYS[1])
 local function accept(i)
-  local a = 4 + 10 * i
+  local a = 3 + 10 * i
   local event_key, webhook_key, body_key = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
   local id, webhook, status, by_body = ARGV[a + 1], ARGV[a + 7], ARGV[a + 9], ARGV[a + 10]
   local prior = false
@@ -63,8 +62,6 @@ for i = 0, (#KEYS - 3) / 3 - 1 do
     out[#out + 1] = type(status) == 'table' and status.err or tostring(status)
   end
 end
-redis.call('ZREMRANGEBYLEX', KEYS[3], '-', '(' .. ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[1])
 return out
 """,
 )
@@ -106,18 +103,16 @@ def accept_command(
     retention: int,
     dedupe_window: int,
     max_backlog: int,
-    oldest_kept: str,
 ) -> tuple[Command | None, list[Exception | None]]:
     """The call for `events` (all of `partition`), and per event the error that kept it out
     of the call (None for those in it, in order). The command is None when none could join.
-    `max_backlog` is this partition's share of the dispatch backlog; stored events are
-    indexed for backfills, the index trimmed below `oldest_kept`."""
+    `max_backlog` is this partition's share of the dispatch backlog."""
     all_keys: list[str] = [
         keys.events_stream(partition),
         keys.stats(partition),
-        keys.retained_events(partition),
+        keys.event_index(partition),
     ]
-    args: list[Any] = [retention, dedupe_window, max_backlog, oldest_kept]
+    args: list[Any] = [retention, dedupe_window, max_backlog]
     left_out: list[Exception | None] = []
     for event in events:
         try:
