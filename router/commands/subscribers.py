@@ -26,7 +26,7 @@ SUBSCRIBER_COLUMNS = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `subscribers` group: list, add, update, show, backfill, grant, revoke."""
+    """Add the `subscribers` group: list, add, show, grant, revoke."""
     connection = connection_options()
     group = subparsers.add_parser(
         "subscribers",
@@ -241,6 +241,16 @@ def show_subscriber(args: argparse.Namespace) -> int:
     return run_request(args, "GET", f"/v1/subscribers/{path_segment(args.id)}", record)
 
 
+def backfill_subscriber(args: argparse.Namespace) -> int:
+    """Backfill a subscriber and print how many deliveries were scheduled; 0, or 1 on an API
+    error."""
+    body: dict[str, Any] = {"since": args.since, "until": args.until}
+    if args.events:
+        body["events"] = args.events
+    path = f"/v1/subscribers/{path_segment(args.id)}/backfill"
+    return run_request(args, "POST", path, record, body)
+
+
 def grant_scopes(args: argparse.Namespace) -> int:
     """Add scopes to a subscriber's grants and print the result; 0, or 1 on an API error."""
     path = f"/v1/subscribers/{path_segment(args.id)}/grants"
@@ -251,13 +261,3 @@ def revoke_scopes(args: argparse.Namespace) -> int:
     """Remove scopes from a subscriber's grants and print the result; 0, or 1 on an API error."""
     path = f"/v1/subscribers/{path_segment(args.id)}/grants"
     return run_request(args, "POST", path, record, {"remove": args.scopes})
-
-
-def backfill_subscriber(args: argparse.Namespace) -> int:
-    """Backfill a subscriber and print how many deliveries were scheduled; 0, or 1 on an API
-    error."""
-    body: dict[str, Any] = {"since": args.since, "until": args.until}
-    if args.events:
-        body["events"] = args.events
-    path = f"/v1/subscribers/{path_segment(args.id)}/backfill"
-    return run_request(args, "POST", path, record, body)

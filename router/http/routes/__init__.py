@@ -5,6 +5,7 @@ from __future__ import annotations
 from router.http.operations import Resource
 from router.http.routes import (
     api_keys,
+    backfill,
     catalog,
     deliveries,
     events,
@@ -23,6 +24,7 @@ RESOURCES: tuple[Resource, ...] = (
     subscribers.resource,
     api_keys.resource,
     deliveries.resource,
+    backfill.resource,
     events.resource,
     metrics.resource,
     openapi.resource,
