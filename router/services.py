@@ -4,6 +4,7 @@ wires them in, `router.http.app`) and for `worker` (which runs the pipeline alon
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from redis.asyncio import RedisCluster
 
@@ -34,8 +35,12 @@ class Services:
     ledger: Ledger
     history: History
     metrics: Metrics
-    operations: OperationalEvents  # the router's own events (router.*)
     owns_redis: bool  # opened here from the settings, so closed here too
+
+    @cached_property
+    def operations(self) -> OperationalEvents:
+        """The router's own events (router.*), emitted by this process."""
+        return OperationalEvents(self.ledger, self.metrics)
 
     def worker_group(self) -> WorkerGroup:
         """The dispatcher, delivery worker and schedulers of one process."""
@@ -87,24 +92,21 @@ def build_services(
         min_replicas=settings.min_replicas,
         replica_timeout=settings.replica_timeout,
     )
-    ledger = Ledger(
-        runner,
-        keys,
-        subscriber_keys,
-        retention=settings.retention,
-        dedupe_window=settings.dedupe_window,
-        max_backlog=settings.max_backlog,
-    )
-    metrics = Metrics()
     return Services(
         settings=settings,
         catalog=catalog,
         redis=client,
         subscribers=SubscriberStore(client, subscriber_keys, catalog),
         keyring=Keyring(client, keys),
-        ledger=ledger,
+        ledger=Ledger(
+            runner,
+            keys,
+            subscriber_keys,
+            retention=settings.retention,
+            dedupe_window=settings.dedupe_window,
+            max_backlog=settings.max_backlog,
+        ),
         history=History(runner, keys),
-        metrics=metrics,
-        operations=OperationalEvents(ledger, metrics),
+        metrics=Metrics(),
         owns_redis=redis is None if owns_redis is None else owns_redis,
     )
