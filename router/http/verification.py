@@ -11,7 +11,7 @@
 Replay protection (a payload `timestamp` outside the window) is `timestamp_refusal`; a body
 seen before is a duplicate whatever its fields (`router.ledger`). Refusals are counted and
 watched by `RefusalMonitor`, so a misconfigured key shows within a minute: in the log, in
-`/health`, and as the operational event `router.verification.failing`.
+`/healthz`, and as the operational event `router.verification.failing`.
 """
 
 from __future__ import annotations
