@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from router.commands import subscribers as subscriber_commands
 from router.core.records import IncomingEvent
@@ -24,6 +25,7 @@ from router.http.app import create_app
 from router.http.context import CATALOG, LEDGER, SUBSCRIBERS
 from router.pipeline.backfill import Backfill
 from router.storage.backfill import BackfillStore
+from router.storage.keys import RouterKeys
 from subscriptions.ids import id_floor, new_id, now_ms
 from tests.conftest import ADMIN_TOKEN, make_ledger, make_settings
 from tests.payloads import LOCATION_ID, OTHER_LOCATION_ID, encode, platform_event
@@ -249,6 +251,27 @@ async def test_a_backfill_interrupted_by_a_crash_goes_on_where_it_stopped(
     first_read = len(read)
     assert await Backfill(app[LEDGER], app[CATALOG]).run(sub, since, until) == 0
     assert read[first_read] is None
+
+
+async def test_each_script_call_of_a_backfill_touches_one_slot() -> None:
+    # What lets it run on a Redis Cluster: 16 partitions, one event in each.
+    sent: list[tuple[Any, ...]] = []
+
+    class Recorder:
+        async def run(self, commands: list[tuple[Any, ...]], **_: Any) -> list[int]:
+            sent.extend(commands)
+            return [1] * len(commands)
+
+    keys = RouterKeys("wr", 16)
+    store = BackfillStore(Recorder(), keys, retention=60)  # type: ignore[arg-type]
+    for partition in range(16):
+        event_id = new_id("evt", mark=partition)
+        assert await store.schedule(partition, "sub_x", [(event_id, "ContactCreate")]) == 1
+    assert len(sent) == 16
+    for command in sent:
+        assert command[0] == "EVALSHA"
+        script_keys = command[3 : 3 + command[2]]
+        assert len({key_slot(key.encode()) for key in script_keys}) == 1
 
 
 async def test_events_past_the_retention_are_not_in_a_backfills_pages(
