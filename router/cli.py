@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from router.commands import api_keys, catalog, serve, subscribers
+from router.commands import api_keys, catalog, deliveries, events, serve, subscribers
 from router.settings import SettingsError, settings_table
 from subscriptions.catalog import CatalogError
 
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.register(commands)
     subscribers.register(commands)
     api_keys.register(commands)
+    deliveries.register(commands)
+    events.register(commands)
     return parser
 
 

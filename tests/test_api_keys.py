@@ -73,7 +73,7 @@ async def test_create_returns_the_key_and_its_token_once(
     client: TestClient, admin_headers: dict[str, str]
 ) -> None:
     created = await create_key(client, admin_headers, "read_subscribers", name="deploy bot")
-    assert set(created) == {"id", "name", "scopes", "token", "created_at"}
+    assert set(created) == {"id", "name", "scopes", "token", "created_at", "subscriber_id"}
     assert created["id"].startswith("key_")
     assert created["name"] == "deploy bot"
     assert created["scopes"] == ["read_subscribers"]
@@ -205,6 +205,7 @@ async def test_get_shows_scopes_and_token_scopes_but_no_token(
     assert shown == {
         "id": created["id"],
         "name": "reader",
+        "subscriber_id": None,
         "scopes": ["read_events"],
         "token_scopes": ["read_events"],
         "created_at": created["created_at"],

@@ -100,7 +100,7 @@ async def test_api_keys_list_prints_an_aligned_table_row_per_key(
     assert await run("api-keys", "list") == 0
     out = capsys.readouterr().out
     header, row = out.splitlines()
-    assert header.split() == ["ID", "NAME", "SCOPES", "TOKEN", "SCOPES", "CREATED"]
+    assert header.split() == ["ID", "NAME", "SCOPES", "TOKEN", "SCOPES", "CREATED", "SUBSCRIBER"]
     assert row.startswith(created["id"] + "  reporting  read_events, read_catalog  ")
     assert header.index("NAME") == row.index("reporting")
     assert header.index("CREATED") == row.index(created["created_at"])
@@ -116,6 +116,7 @@ async def test_api_keys_list_json_is_the_raw_response(
             {
                 "id": created["id"],
                 "name": "x",
+                "subscriber_id": None,
                 "scopes": ["read_events"],
                 "token_scopes": ["read_events"],
                 "created_at": created["created_at"],

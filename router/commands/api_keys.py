@@ -23,6 +23,7 @@ API_KEY_COLUMNS = (
     ("SCOPES", "scopes"),
     ("TOKEN SCOPES", "token_scopes"),
     ("CREATED", "created_at"),
+    ("SUBSCRIBER", "subscriber_id"),
 )
 
 
@@ -55,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SCOPE",
         help=f"an operator scope (repeatable): {', '.join(OPERATOR_SCOPES)}",
     )
+    create.add_argument(
+        "--subscriber",
+        metavar="ID",
+        help="bind the key to this subscriber (sub_…): it then sees and acts on that "
+        "subscriber alone, as its developers' portal does",
+    )
     create.set_defaults(func=create_api_key)
 
     listing = commands.add_parser(
@@ -84,7 +91,9 @@ def _with_token_warning(data: dict[str, Any]) -> str:
 
 def create_api_key(args: argparse.Namespace) -> int:
     """Create a key and print it with its token; 0, or 1 after printing the API's errors."""
-    body = {"name": args.name, "scopes": args.scopes}
+    body: dict[str, Any] = {"name": args.name, "scopes": args.scopes}
+    if args.subscriber:
+        body["subscriber_id"] = args.subscriber
     return run_request(args, "POST", "/v1/api-keys", _with_token_warning, body)
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -183,8 +183,28 @@ def add_page_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cursor", help="the cursor printed after the previous page")
 
 
-def page_query(args: argparse.Namespace) -> str:
-    query = f"?limit={args.limit}"
-    if args.cursor:
-        query += f"&cursor={quote(args.cursor, safe='')}"
-    return query
+def page_query(args: argparse.Namespace, **filters: str | None) -> str:
+    """`?limit=…` with the cursor and every filter that was given, each URL-encoded (an RFC
+    3339 offset's `+` included, which a query string would otherwise read as a space)."""
+    values = {"limit": str(args.limit), "cursor": args.cursor, **filters}
+    return "?" + urlencode({name: value for name, value in values.items() if value})
+
+
+def add_time_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--since and --until, as the API takes them."""
+    parser.add_argument(
+        "--since",
+        metavar="TIME",
+        help=f"only {what} received at or after this RFC 3339 time, e.g. 2026-01-31T09:00:00Z",
+    )
+    parser.add_argument(
+        "--until", metavar="TIME", help=f"only {what} received before this RFC 3339 time"
+    )
+
+
+def detail(data: dict[str, Any], rows: str, columns: Sequence[tuple[str, str]]) -> str:
+    """A resource's fields, then its list field `rows` as a table under a heading."""
+    fields = {name: value for name, value in data.items() if name != rows}
+    items = data.get(rows) or []
+    body = table(items, columns) if items else "(none)"
+    return f"{record(fields)}\n\n{rows.upper()}\n{body}"

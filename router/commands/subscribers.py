@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
+from urllib.parse import urlencode
 
 from router.commands.client import (
     add_page_options,
+    cell,
     connection_options,
     page,
     page_query,
@@ -26,7 +28,8 @@ SUBSCRIBER_COLUMNS = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `subscribers` group: list, add, show, grant, revoke."""
+    """Add the `subscribers` group: list, add, update, show, backfill, grant, revoke, pause,
+    resume, delete, explain, replay, rotate-secret."""
     connection = connection_options()
     group = subparsers.add_parser(
         "subscribers",
@@ -144,6 +147,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         change.add_argument("scopes", metavar="SCOPE", nargs="+", help="platform scopes")
         change.set_defaults(func=func)
 
+    for name, status, func, text in (
+        ("pause", "paused", pause_subscriber, "stop delivering; pending deliveries are skipped"),
+        ("resume", "active", resume_subscriber, "deliver again, events routed from now on"),
+    ):
+        toggle = commands.add_parser(
+            name,
+            parents=[connection],
+            help=f"{name} a subscriber: {text}",
+            description=f"Set a subscriber's status to {status} (needs write_subscribers): {text}.",
+        )
+        toggle.add_argument("id", metavar="ID", help="subscriber id (sub_…)")
+        toggle.set_defaults(func=func)
+
+    delete = commands.add_parser(
+        "delete",
+        parents=[connection],
+        help="delete a subscriber",
+        description="Delete a subscriber (needs write_subscribers); its pending deliveries "
+        "are skipped. Its past deliveries stay listed until the retention expires them.",
+    )
+    delete.add_argument("id", metavar="ID", help="subscriber id (sub_…)")
+    delete.set_defaults(func=delete_subscriber)
+
+    explain = commands.add_parser(
+        "explain",
+        parents=[connection],
+        help="would it receive an event, and why not",
+        description="Say whether a subscriber would receive an event of this type (for this "
+        "location or company) and every reason it would not (needs read_subscribers).",
+    )
+    explain.add_argument("id", metavar="ID", help="subscriber id (sub_…)")
+    explain.add_argument(
+        "--event", required=True, help="event name or payload type, e.g. ContactCreate"
+    )
+    explain.add_argument("--location", metavar="LOCATION_ID", help="the event's location")
+    explain.add_argument("--company", metavar="COMPANY_ID", help="the event's company")
+    explain.set_defaults(func=explain_subscriber)
+
+    replay = commands.add_parser(
+        "replay",
+        parents=[connection],
+        help="requeue a subscriber's dead deliveries",
+        description="Requeue every delivery of a subscriber in one state, dead by default, "
+        "each with a fresh round of its retry schedule (needs write_deliveries).",
+    )
+    replay.add_argument("id", metavar="ID", help="subscriber id (sub_…)")
+    replay.add_argument(
+        "--status",
+        choices=("dead", "failed", "succeeded", "skipped"),
+        default="dead",
+        help="replay the deliveries in this state (default dead)",
+    )
+    replay.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only deliveries of events received at or after this RFC 3339 time",
+    )
+    replay.set_defaults(func=replay_subscriber)
+
+    rotate = commands.add_parser(
+        "rotate-secret",
+        parents=[connection],
+        help="rotate the signing secret and print the new one",
+        description="Give a subscriber a new signing secret and print it once (needs "
+        "write_subscribers). Deliveries are signed with the old one too until "
+        "ROUTER_SECRET_GRACE has passed, so the receiver can switch without losing any.",
+    )
+    rotate.add_argument("id", metavar="ID", help="subscriber id (sub_…)")
+    rotate.set_defaults(func=rotate_secret)
+
 
 def list_subscribers(args: argparse.Namespace) -> int:
     """Print one page of subscribers; 0, or 1 after printing the API's errors."""
@@ -247,8 +320,7 @@ def backfill_subscriber(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"since": args.since, "until": args.until}
     if args.events:
         body["events"] = args.events
-    path = f"/v1/subscribers/{path_segment(args.id)}/backfill"
-    return run_request(args, "POST", path, record, body)
+    return run_request(args, "POST", _subscriber_path(args, "/backfill"), record, body)
 
 
 def grant_scopes(args: argparse.Namespace) -> int:
@@ -261,3 +333,56 @@ def revoke_scopes(args: argparse.Namespace) -> int:
     """Remove scopes from a subscriber's grants and print the result; 0, or 1 on an API error."""
     path = f"/v1/subscribers/{path_segment(args.id)}/grants"
     return run_request(args, "POST", path, record, {"remove": args.scopes})
+
+
+def _subscriber_path(args: argparse.Namespace, tail: str = "") -> str:
+    return f"/v1/subscribers/{path_segment(args.id)}{tail}"
+
+
+def pause_subscriber(args: argparse.Namespace) -> int:
+    """Pause a subscriber and print it; 0, or 1 on an API error."""
+    return run_request(args, "PATCH", _subscriber_path(args), record, {"status": "paused"})
+
+
+def resume_subscriber(args: argparse.Namespace) -> int:
+    """Make a paused subscriber active again and print it; 0, or 1 on an API error."""
+    return run_request(args, "PATCH", _subscriber_path(args), record, {"status": "active"})
+
+
+def delete_subscriber(args: argparse.Namespace) -> int:
+    """Delete a subscriber; 0 (printing what was deleted), or 1 on an API error."""
+    return run_request(args, "DELETE", _subscriber_path(args), lambda _: f"deleted {cell(args.id)}")
+
+
+def explain_subscriber(args: argparse.Namespace) -> int:
+    """Print the verdict for one event; 0, or 1 on an API error."""
+    query = urlencode(
+        {
+            name: value
+            for name, value in (
+                ("event", args.event),
+                ("location_id", args.location),
+                ("company_id", args.company),
+            )
+            if value
+        }
+    )
+    return run_request(args, "GET", _subscriber_path(args, f"/explain?{query}"), record)
+
+
+def replay_subscriber(args: argparse.Namespace) -> int:
+    """Requeue a subscriber's deliveries in one state; 0, or 1 on an API error."""
+    body: dict[str, Any] = {"status": args.status}
+    if args.since:
+        body["since"] = args.since
+    return run_request(args, "POST", _subscriber_path(args, "/replay"), record, body)
+
+
+def rotate_secret(args: argparse.Namespace) -> int:
+    """Rotate the signing secret and print the new one; 0, or 1 on an API error."""
+    return run_request(args, "POST", _subscriber_path(args, "/secret/rotate"), _new_secret)
+
+
+def _new_secret(data: dict[str, Any]) -> str:
+    print("Store this secret now: it is not shown again.", file=sys.stderr)
+    return record(data)

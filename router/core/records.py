@@ -99,6 +99,9 @@ def resource_of(body: bytes | None, path: str) -> str | None:
     return resource_value(payload, path) if isinstance(payload, dict) else None
 
 
+ID_BODY_LENGTH = 26  # the characters after `evt_` in an event id (`subscriptions.ids`)
+
+
 @lru_cache(maxsize=65_536)
 def _subscriber_suffix(subscriber_id: str) -> str:
     digest = hashlib.blake2b(subscriber_id.encode(), digest_size=5).digest()
@@ -109,3 +112,8 @@ def delivery_id_for(event_id: str, subscriber_id: str) -> str:
     """Deterministic, so re-dispatching an event can never create a second delivery for the
     same subscriber; it sorts by the event's time, like the event id it embeds."""
     return f"dlv_{event_id.removeprefix('evt_')}{_subscriber_suffix(subscriber_id)}"
+
+
+def event_id_of(delivery_id: str) -> str:
+    """The id of the event a delivery was made for (the inverse of `delivery_id_for`)."""
+    return f"evt_{delivery_id.removeprefix('dlv_')[:ID_BODY_LENGTH]}"

@@ -18,10 +18,12 @@ OPERATOR_SCOPES = (
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller: the API key it used (None for the admin token) and its scopes."""
+    """An authenticated caller: the API key it used (None for the admin token), its scopes,
+    and the one subscriber it is confined to (None: an operator, seeing every subscriber)."""
 
     key_id: str | None
     scopes: frozenset[str]
+    subscriber_id: str | None = None
 
 
 ADMIN = Principal(key_id=None, scopes=frozenset(OPERATOR_SCOPES))

@@ -23,7 +23,7 @@ from pydantic.json_schema import models_json_schema
 
 from router.core.text import JsonSchemaExtra
 from router.http.errors import ErrorEnvelope
-from router.http.operations import Operation, Resource
+from router.http.operations import ANY_TOKEN, Operation, Resource
 from subscriptions.catalog import Catalog, load_catalog
 
 OPENAPI_VERSION = "3.1.0"
@@ -169,6 +169,11 @@ def _operation(
     document["responses"] = _responses(op, refs)
     if op.scope is not None:
         document["security"] = [{SECURITY_SCHEME: []}]
+        document["x-subscriber-bound-key"] = op.bound
+        description += f"\n\n{_BOUND_KEY[op.bound]}"
+    if op.scope == ANY_TOKEN:
+        description += "\n\nAny live token may call it, whatever its scopes."
+    elif op.scope is not None:
         document["x-required-scope"] = op.scope
         description += f"\n\nRequires operator scope `{op.scope}`."
     else:
@@ -176,6 +181,17 @@ def _operation(
         document["security"] = []
     document["description"] = description
     return document
+
+
+# What `x-subscriber-bound-key` means, said in each operation's description.
+_BOUND_KEY = {
+    "deny": "A subscriber-bound API key is refused (403 `SUBSCRIBER_BOUND`).",
+    "subscriber_path": "A subscriber-bound API key may call it for its own subscriber only; "
+    "any other `subscriber_id` is 404.",
+    "filter": "A subscriber-bound API key sees and changes only its own subscriber's data; "
+    "anything else is left out, or 404.",
+    "open": "A subscriber-bound API key may call it: it holds no subscriber's data.",
+}
 
 
 def _responses(

@@ -1,9 +1,10 @@
 """Declares the HTTP operations: method, path, required operator scope and pydantic models.
 
 Each API module owns one `Resource` and decorates its handlers with it. The declaration is
-the single source for three things: routing (`add_routes`), authorisation (`router.auth`
-reads `Operation.scope`), and the OpenAPI document (`router.openapi`). Handlers never parse
-JSON themselves: they receive validated `body` / `query` models and return a model.
+the single source for three things: routing (`add_routes`), authorisation (`router.http.auth`
+reads `Operation.scope` and `Operation.bound`), and the OpenAPI document (`router.openapi`).
+Handlers never parse JSON themselves: they receive validated `body` / `query` models and
+return a model.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
 import orjson
 from aiohttp import web
@@ -22,6 +23,19 @@ from router.http.context import SETTINGS
 from router.http.errors import ApiError, bad_request
 
 HandlerFn = Callable[..., Awaitable[BaseModel | web.StreamResponse]]
+
+# `scope=ANY_TOKEN`: any live token may call the operation, whatever scopes it holds.
+ANY_TOKEN: Final = "*"
+
+# What a subscriber-bound key may do with an operation (`router.http.auth` enforces it):
+#   "deny"             refused (403 SUBSCRIBER_BOUND), the default, so a new route that does
+#                      not decide cannot leak another subscriber's data;
+#   "subscriber_path"  allowed only when the path's `{subscriber_id}` is the key's subscriber,
+#                      else 404 as if no such subscriber existed;
+#   "filter"           allowed; the handler narrows what it reads and changes to
+#                      `bound_subscriber(request)` (404 for another subscriber's record);
+#   "open"             allowed; the operation holds no subscriber's data.
+BoundAccess = Literal["deny", "subscriber_path", "filter", "open"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,7 @@ class Operation:
     summary: str
     tag: str
     scope: str | None  # operator scope the bearer token must hold; None = no token needed
+    bound: BoundAccess = "deny"  # what a subscriber-bound key may do (see BoundAccess)
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
@@ -101,6 +116,7 @@ class Resource:
         *,
         summary: str,
         scope: str | None,
+        bound: BoundAccess = "deny",
         body: type[BaseModel] | None = None,
         query: type[BaseModel] | None = None,
         response: type[BaseModel] | None = None,
@@ -122,6 +138,7 @@ class Resource:
                 summary=summary,
                 tag=self.tag,
                 scope=scope,
+                bound=bound,
                 body=body,
                 query=query,
                 response=response,

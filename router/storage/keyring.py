@@ -4,7 +4,8 @@ A key has a name and its *current* scopes. Its one live token carries the scopes
 *issued* with: changing a key's scopes does not change what its token may do until the token
 is regenerated (the seed's rule: "after updating scopes, you must generate a new access
 token"). Tokens are stored only as their SHA-256 hex digest, under `Keys.token(digest)`, whose
-value names the key and the issued scopes, so authenticating costs one GET.
+value names the key, the issued scopes and the subscriber the key is bound to (if any), so
+authenticating, confinement included, costs one GET. A key's binding never changes.
 
 Layout (names in `router.storage.keys`): a hash of key records by id, an id-ordered sorted set
 for pagination, and one string per live token. Every change that touches a record and a token
@@ -46,11 +47,13 @@ class ApiKey(BaseModel):
     token_hash: str
     created_at: int  # ms since the epoch
     updated_at: int
+    subscriber_id: str | None = None  # the one subscriber it may see; None: every one
 
 
 class _TokenEntry(BaseModel):
     key_id: str
     scopes: list[str]
+    subscriber_id: str | None = None
 
 
 def token_digest(token: str) -> str:
@@ -88,10 +91,15 @@ class Keyring:
         if raw is None:
             return None
         entry = _TokenEntry.model_validate_json(raw)
-        return Principal(key_id=entry.key_id, scopes=frozenset(entry.scopes))
+        return Principal(
+            key_id=entry.key_id, scopes=frozenset(entry.scopes), subscriber_id=entry.subscriber_id
+        )
 
-    async def create(self, name: str, scopes: Iterable[str]) -> tuple[ApiKey, str]:
-        """A new key and its token (returned here and never again).
+    async def create(
+        self, name: str, scopes: Iterable[str], subscriber_id: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key and its token (returned here and never again), bound to `subscriber_id`
+        when given (the caller checks that it exists).
 
         Raises ValueError if `scopes` is empty or names something not in OPERATOR_SCOPES.
         """
@@ -106,6 +114,7 @@ class Keyring:
             token_hash=token_digest(token),
             created_at=now,
             updated_at=now,
+            subscriber_id=subscriber_id,
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             self._queue_save(pipe, key)
@@ -118,22 +127,34 @@ class Keyring:
         raw = await self.redis.hget(self.keys.api_keys, key_id)
         return None if raw is None else ApiKey.model_validate_json(raw)
 
-    async def list(self, limit: int, cursor: str | None = None) -> tuple[list[ApiKey], str | None]:
-        """Up to `limit` keys in id (creation) order after `cursor`, and the next cursor.
+    async def list(
+        self, limit: int, cursor: str | None = None, *, subscriber_id: str | None = None
+    ) -> tuple[list[ApiKey], str | None]:
+        """Up to `limit` keys in id (creation) order after `cursor`, and the next cursor; with
+        `subscriber_id`, only the keys bound to it.
 
-        The cursor is the last id of the previous page; None when there is no further page.
+        The cursor is the last id of the previous page (always a key of the listing, never
+        one it leaves out); None when there is no further page.
         """
-        start = b"-" if cursor is None else b"(" + cursor.encode()
-        ids = await self.redis.zrangebylex(
-            self.keys.api_key_ids, start, b"+", start=0, num=limit + 1
-        )
-        page = ids[:limit]
-        if not page:
-            return [], None
-        raws = await self.redis.hmget(self.keys.api_keys, page)
-        items = [ApiKey.model_validate_json(raw) for raw in raws if raw is not None]
-        next_cursor = page[-1].decode() if len(ids) > limit else None
-        return items, next_cursor
+        items: list[ApiKey] = []
+        after = cursor
+        while True:
+            start = b"-" if after is None else b"(" + after.encode()
+            ids = await self.redis.zrangebylex(
+                self.keys.api_key_ids, start, b"+", start=0, num=limit + 1
+            )
+            if not ids:
+                return items, None
+            raws = await self.redis.hmget(self.keys.api_keys, ids)
+            for raw in raws:
+                if raw is None:
+                    continue
+                key = ApiKey.model_validate_json(raw)
+                if subscriber_id is None or key.subscriber_id == subscriber_id:
+                    if len(items) == limit:
+                        return items, items[-1].id
+                    items.append(key)
+            after = ids[-1].decode()
 
     async def update_scopes(
         self, key_id: str, scopes: Iterable[str], *, check: KeyCheck | None = None
@@ -225,5 +246,5 @@ class Keyring:
         pipe.hset(self.keys.api_keys, key.id, key.model_dump_json())
 
     def _queue_token(self, pipe: Pipeline, key: ApiKey) -> None:
-        entry = _TokenEntry(key_id=key.id, scopes=key.token_scopes)
+        entry = _TokenEntry(key_id=key.id, scopes=key.token_scopes, subscriber_id=key.subscriber_id)
         pipe.set(self.keys.token(key.token_hash), entry.model_dump_json())

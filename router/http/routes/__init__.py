@@ -14,6 +14,7 @@ from router.http.routes import (
     metrics,
     openapi,
     subscribers,
+    whoami,
 )
 
 # Every resource the app serves; /openapi.json documents exactly these.
@@ -23,6 +24,7 @@ RESOURCES: tuple[Resource, ...] = (
     catalog.resource,
     subscribers.resource,
     api_keys.resource,
+    whoami.resource,
     deliveries.resource,
     backfill.resource,
     events.resource,

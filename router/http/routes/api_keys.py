@@ -9,6 +9,11 @@ give a key only scopes its token holds, and may change, regenerate or delete onl
 whose scopes and token scopes its token holds (regenerating shows the new token, so a
 stronger key's regeneration would hand it over). Anything else is 403 `INSUFFICIENT_SCOPES`
 naming the first scope the caller lacks. The admin token holds every scope.
+
+A key may be bound to one subscriber (`subscriber_id`, which must exist): it then sees and
+acts on that subscriber alone (`router.http.auth`). A bound caller, if it holds
+`write_api_keys` at all, may create only keys bound to its own subscriber and sees and
+manages only those; any other key is 404 to it.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from router.core.text import Name
-from router.http.auth import OPERATOR_SCOPES, PRINCIPAL, Principal
-from router.http.context import KEYRING
-from router.http.errors import insufficient_scopes, not_found
+from router.http.auth import OPERATOR_SCOPES, PRINCIPAL, Principal, bound_subscriber
+from router.http.context import KEYRING, SUBSCRIBERS
+from router.http.errors import insufficient_scopes, not_found, validation_failed
 from router.http.operations import Resource
 from router.storage.keyring import ApiKey, KeyCheck
 from subscriptions.ids import rfc3339
@@ -52,10 +57,20 @@ ScopeList = Annotated[
 ]
 
 
+_BOUND = (
+    "The one subscriber this key is confined to: it sees and acts on that subscriber alone "
+    "(null: an operator key, seeing every subscriber)"
+)
+
+
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
     scopes: ScopeList
+    subscriber_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None,
+        description=_BOUND + ". Must exist; a subscriber-bound caller must give its own.",
+    )
 
 
 class ApiKeyScopesUpdate(BaseModel):
@@ -71,11 +86,13 @@ class ApiKeyCreated(BaseModel):
     scopes: list[str]
     token: str = Field(description="The bearer token. Shown only in this response.")
     created_at: str
+    subscriber_id: str | None = Field(description=_BOUND)
 
 
 class ApiKeyView(BaseModel):
     id: str
     name: str
+    subscriber_id: str | None = Field(description=_BOUND)
     scopes: list[str] = Field(description="The key's current scopes.")
     token_scopes: list[str] = Field(
         description="The scopes its live token was issued with (they differ from `scopes` "
@@ -109,6 +126,7 @@ def _view(key: ApiKey) -> ApiKeyView:
     return ApiKeyView(
         id=key.id,
         name=key.name,
+        subscriber_id=key.subscriber_id,
         scopes=key.scopes,
         token_scopes=key.token_scopes,
         created_at=rfc3339(key.created_at),
@@ -129,14 +147,40 @@ def _require_held(request: web.Request, scopes: Iterable[str]) -> None:
         raise insufficient_scopes(missing)
 
 
+def _visible(request: web.Request, key: ApiKey) -> bool:
+    """Whether the caller may see `key`: an operator sees every key, a bound caller only the
+    keys bound to its own subscriber."""
+    bound = bound_subscriber(request)
+    return bound is None or key.subscriber_id == bound
+
+
 def _no_stronger_than_caller(request: web.Request) -> KeyCheck:
-    """Refuses (403) to act on a key holding, or whose token holds, a scope the caller's
-    token lacks. Run by the keyring on the stored record, in the changing transaction."""
+    """Refuses to act on a key the caller may not see (404) or one holding, or whose token
+    holds, a scope the caller's token lacks (403). Run by the keyring on the stored record,
+    in the changing transaction."""
 
     def check(key: ApiKey) -> None:
+        if not _visible(request, key):
+            raise not_found("API key")
         _require_held(request, [*key.scopes, *key.token_scopes])
 
     return check
+
+
+async def _check_binding(request: web.Request, subscriber_id: str | None) -> None:
+    """422 naming `subscriber_id` unless the new key's binding is one the caller may give:
+    an existing subscriber, and the caller's own if the caller is bound. The same message
+    for a subscriber that does not exist and one a bound caller may not see."""
+    bound = bound_subscriber(request)
+    if bound is not None and subscriber_id is None:
+        message = "a subscriber-bound key may only create keys bound to its own subscriber"
+        raise validation_failed([("subscriber_id", message)])
+    if subscriber_id is None:
+        return
+    if (bound is not None and subscriber_id != bound) or await request.app[SUBSCRIBERS].get(
+        subscriber_id
+    ) is None:
+        raise validation_failed([("subscriber_id", f"no subscriber {subscriber_id!r}")])
 
 
 def _key_id(request: web.Request) -> str:
@@ -147,6 +191,7 @@ def _key_id(request: web.Request) -> str:
     "/v1/api-keys",
     summary="Create an API key (its token is shown once)",
     scope="write_api_keys",
+    bound="filter",
     body=ApiKeyCreate,
     response=ApiKeyCreated,
     status=201,
@@ -154,14 +199,22 @@ def _key_id(request: web.Request) -> str:
 )
 async def create_api_key(request: web.Request, body: ApiKeyCreate) -> ApiKeyCreated:
     _require_held(request, body.scopes)
-    key, token = await request.app[KEYRING].create(body.name, body.scopes)
-    log.info("api key %s created by %s with scopes %s", key.id, _actor(request), key.scopes)
+    await _check_binding(request, body.subscriber_id)
+    key, token = await request.app[KEYRING].create(body.name, body.scopes, body.subscriber_id)
+    log.info(
+        "api key %s created by %s with scopes %s, bound to %s",
+        key.id,
+        _actor(request),
+        key.scopes,
+        key.subscriber_id or "no subscriber",
+    )
     return ApiKeyCreated(
         id=key.id,
         name=key.name,
         scopes=key.scopes,
         token=token,
         created_at=rfc3339(key.created_at),
+        subscriber_id=key.subscriber_id,
     )
 
 
@@ -169,12 +222,16 @@ async def create_api_key(request: web.Request, body: ApiKeyCreate) -> ApiKeyCrea
     "/v1/api-keys",
     summary="List API keys (never their tokens)",
     scope="write_api_keys",
+    bound="filter",
     query=PageQuery,
     response=ApiKeyPage,
     errors=(422,),
 )
 async def list_api_keys(request: web.Request, query: PageQuery) -> ApiKeyPage:
-    keys, next_cursor = await request.app[KEYRING].list(query.limit, query.cursor)
+    """A bound caller's pages hold only its subscriber's keys."""
+    keys, next_cursor = await request.app[KEYRING].list(
+        query.limit, query.cursor, subscriber_id=bound_subscriber(request)
+    )
     return ApiKeyPage(items=[_view(k) for k in keys], next_cursor=next_cursor)
 
 
@@ -182,12 +239,13 @@ async def list_api_keys(request: web.Request, query: PageQuery) -> ApiKeyPage:
     "/v1/api-keys/{id}",
     summary="Read an API key: its scopes and its token's scopes",
     scope="write_api_keys",
+    bound="filter",
     response=ApiKeyView,
     errors=(404,),
 )
 async def get_api_key(request: web.Request) -> ApiKeyView:
     key = await request.app[KEYRING].get(_key_id(request))
-    if key is None:
+    if key is None or not _visible(request, key):
         raise not_found("API key")
     return _view(key)
 
@@ -196,6 +254,7 @@ async def get_api_key(request: web.Request) -> ApiKeyView:
     "/v1/api-keys/{id}",
     summary="Replace an API key's scopes (its token changes only when regenerated)",
     scope="write_api_keys",
+    bound="filter",
     body=ApiKeyScopesUpdate,
     response=ApiKeyView,
     errors=(404, 422),
@@ -215,6 +274,7 @@ async def update_api_key(request: web.Request, body: ApiKeyScopesUpdate) -> ApiK
     "/v1/api-keys/{id}/regenerate",
     summary="Issue a new token with the key's current scopes; the old token stops working",
     scope="write_api_keys",
+    bound="filter",
     response=ApiKeyRegenerated,
     errors=(404,),
 )
@@ -233,6 +293,7 @@ async def regenerate_api_key(request: web.Request) -> ApiKeyRegenerated:
     "/v1/api-keys/{id}",
     summary="Delete an API key and its token",
     scope="write_api_keys",
+    bound="filter",
     status=204,
     errors=(404,),
 )

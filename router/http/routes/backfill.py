@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from router.http.auth import subscriber_not_found
 from router.http.context import CATALOG, LEDGER, SETTINGS, SUBSCRIBERS
-from router.http.errors import not_found, validation_failed
+from router.http.errors import validation_failed
 from router.http.operations import Resource
 from router.http.routes.subscribers import MAX_EVENTS, EventName, event_problems
 from router.pipeline.backfill import Backfill
@@ -46,6 +47,7 @@ def _ms(moment: datetime) -> int:
     summary="Deliver the retained events of a window the subscriber is entitled to now and "
     "has no delivery for",
     scope="write_deliveries",
+    bound="subscriber_path",
     body=BackfillRequest,
     response=Scheduled,
     status=202,
@@ -73,7 +75,7 @@ async def backfill(request: web.Request, body: BackfillRequest) -> Scheduled:
     subscriber_id = request.match_info["subscriber_id"]
     subscriber = await request.app[SUBSCRIBERS].get(subscriber_id)
     if subscriber is None:
-        raise not_found(f"Subscriber {subscriber_id}")
+        raise subscriber_not_found()
     scheduled = await Backfill(request.app[LEDGER], request.app[CATALOG]).run(
         subscriber, since, until, body.events
     )

@@ -44,7 +44,11 @@ class EndpointScope(BaseModel):
 
 
 @resource.get(
-    "/v1/catalog", summary="The whole catalog", scope="read_catalog", response=CatalogView
+    "/v1/catalog",
+    summary="The whole catalog",
+    scope="read_catalog",
+    bound="open",
+    response=CatalogView,
 )
 async def get_catalog(request: web.Request) -> CatalogView:
     catalog = request.app[CATALOG]
@@ -57,6 +61,7 @@ async def get_catalog(request: web.Request) -> CatalogView:
     "/v1/catalog/events/{event}",
     summary="The scope one event requires",
     scope="read_catalog",
+    bound="open",
     response=EventScope,
     errors=(404,),
 )
@@ -73,6 +78,7 @@ async def get_event_scope(request: web.Request) -> EventScope:
     "/v1/catalog/endpoints",
     summary="The scope a platform API call requires",
     scope="read_catalog",
+    bound="open",
     query=EndpointQuery,
     response=EndpointScope,
     errors=(404, 422),

@@ -1,18 +1,53 @@
-"""Deliveries: their log of attempts, a manual retry, and replaying a subscriber's deliveries."""
+"""Deliveries: their log of attempts, a manual retry, and replaying a subscriber's deliveries.
+
+A subscriber-bound key lists only its subscriber's deliveries and gets 404 for any other's,
+exactly as for a delivery that does not exist.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from router.core.records import DeliveryStatus
+from router.http.auth import bound_subscriber, subscriber_not_found
 from router.http.context import HISTORY, SUBSCRIBERS
 from router.http.errors import conflict, not_found, validation_failed
 from router.http.operations import Resource
+from router.storage.history import Window
 
 resource = Resource("deliveries")
+
+# RFC 3339 section 5.6, `date-time`: an offset (or Z) is required, so no time is read in
+# whichever zone the server happens to be in; unlike pydantic's lax parsing, no Unix numbers.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+_NOT_RFC3339 = "must be an RFC 3339 time with an offset, e.g. 2026-01-31T09:30:00Z"
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and _RFC3339.fullmatch(value) is None:
+        raise ValueError(_NOT_RFC3339)
+    return value
+
+
+Instant = Annotated[datetime, BeforeValidator(_rfc3339)]
+_SINCE = "Only those of events received at or after this RFC 3339 time"
+_UNTIL = "Only those of events received before this RFC 3339 time (exclusive)"
+
+
+def window(since: datetime | None, until: datetime | None) -> Window:
+    """The listing window of a `since`/`until` query (empty when `until` is not after
+    `since`: a window like any other, not an error)."""
+
+    def ms(at: datetime | None) -> int | None:
+        # Ids start at the epoch: an earlier time bounds nothing.
+        return None if at is None else max(0, int(at.timestamp() * 1000))
+
+    return Window(ms(since), ms(until))
 
 
 class Attempt(BaseModel):
@@ -78,6 +113,8 @@ class DeliveryQuery(BaseModel):
     subscriber_id: str | None = Field(default=None, max_length=200)
     status: DeliveryStatus | None = None
     event: str | None = Field(default=None, max_length=200)
+    since: Instant | None = Field(default=None, description=_SINCE)
+    until: Instant | None = Field(default=None, description=_UNTIL)
     limit: int = Field(default=50, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=200)
 
@@ -96,21 +133,38 @@ class ReplayRequest(BaseModel):
     )
 
 
+async def _visible_delivery(request: web.Request, delivery_id: str) -> dict[str, str]:
+    """The delivery's record; 404 if it does not exist or belongs to a subscriber other than
+    the one the caller's key is bound to (the same body for both)."""
+    row = await request.app[HISTORY].delivery(delivery_id)
+    bound = bound_subscriber(request)
+    if row is None or (bound is not None and row["subscriber_id"] != bound):
+        raise not_found(f"Delivery {delivery_id}")
+    return row
+
+
 @resource.get(
     "/v1/deliveries",
     summary="List deliveries, newest first",
     scope="read_deliveries",
+    bound="filter",
     query=DeliveryQuery,
     response=DeliveryList,
     errors=(422,),
 )
 async def list_deliveries(request: web.Request, query: DeliveryQuery) -> DeliveryList:
+    """A subscriber-bound key lists its own subscriber's deliveries (none when the query
+    names another subscriber)."""
+    bound = bound_subscriber(request)
+    if bound is not None and query.subscriber_id not in (None, bound):
+        return DeliveryList(items=[], next_cursor=None)
     page = await request.app[HISTORY].list_deliveries(
-        subscriber_id=query.subscriber_id,
+        subscriber_id=bound or query.subscriber_id,
         status=query.status,
         event=query.event,
         limit=query.limit,
         cursor=query.cursor,
+        window=window(query.since, query.until),
     )
     return DeliveryList(
         items=[Delivery.from_record(row) for row in page.items], next_cursor=page.next_cursor
@@ -121,15 +175,14 @@ async def list_deliveries(request: web.Request, query: DeliveryQuery) -> Deliver
     "/v1/deliveries/{delivery_id}",
     summary="One delivery with every attempt",
     scope="read_deliveries",
+    bound="filter",
     response=DeliveryDetail,
     errors=(404,),
 )
 async def get_delivery(request: web.Request) -> DeliveryDetail:
     history = request.app[HISTORY]
     delivery_id = request.match_info["delivery_id"]
-    row = await history.delivery(delivery_id)
-    if row is None:
-        raise not_found(f"Delivery {delivery_id}")
+    row = await _visible_delivery(request, delivery_id)
     base = Delivery.from_record(row)
     attempts = [Attempt.model_validate(a) for a in await history.attempts(delivery_id)]
     return DeliveryDetail(**base.model_dump(), attempts=attempts)
@@ -139,6 +192,7 @@ async def get_delivery(request: web.Request) -> DeliveryDetail:
     "/v1/deliveries/{delivery_id}/retry",
     summary="Attempt a delivery again now, whatever its state",
     scope="write_deliveries",
+    bound="filter",
     response=Requeued,
     status=202,
     errors=(404, 409),
@@ -146,9 +200,7 @@ async def get_delivery(request: web.Request) -> DeliveryDetail:
 async def retry_delivery(request: web.Request) -> Requeued:
     delivery_id = request.match_info["delivery_id"]
     history = request.app[HISTORY]
-    row = await history.delivery(delivery_id)
-    if row is None:
-        raise not_found(f"Delivery {delivery_id}")
+    row = await _visible_delivery(request, delivery_id)
     if row["status"] == DeliveryStatus.pending.value:
         raise conflict(f"Delivery {delivery_id} is already pending (queued or being attempted)")
     return Requeued(requeued=await history.requeue([delivery_id]))
@@ -158,6 +210,7 @@ async def retry_delivery(request: web.Request) -> Requeued:
     "/v1/subscribers/{subscriber_id}/replay",
     summary="Requeue a subscriber's deliveries in one state (dead by default)",
     scope="write_deliveries",
+    bound="subscriber_path",
     body=ReplayRequest,
     response=Requeued,
     status=202,
@@ -166,7 +219,7 @@ async def retry_delivery(request: web.Request) -> Requeued:
 async def replay(request: web.Request, body: ReplayRequest) -> Requeued:
     subscriber_id = request.match_info["subscriber_id"]
     if await request.app[SUBSCRIBERS].get(subscriber_id) is None:
-        raise not_found(f"Subscriber {subscriber_id}")
+        raise subscriber_not_found()
     if body.status is DeliveryStatus.pending:
         raise validation_failed([("status", "pending deliveries are already queued")])
     since = body.since.replace(tzinfo=body.since.tzinfo or UTC) if body.since else None

@@ -23,8 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from router.core.targets import URL_PATTERN, canonical_url
 from router.core.text import Name, Token, documented_pattern
+from router.http.auth import bound_subscriber, subscriber_not_found
 from router.http.context import CATALOG, OPERATIONS, SETTINGS, SUBSCRIBERS
-from router.http.errors import bad_request, conflict, not_found, validation_failed
+from router.http.errors import bad_request, conflict, validation_failed
 from router.http.openapi import catalog_names
 from router.http.operations import Resource, render
 from router.pipeline.targets import OwnAddress, url_refusal
@@ -33,7 +34,7 @@ from subscriptions.catalog import Catalog
 from subscriptions.explain import Verdict
 from subscriptions.ids import rfc3339
 from subscriptions.models import Ordering, RateLimit, RetrySchedule, Subscriber, SubscriberStatus
-from subscriptions.store import StaleVersion
+from subscriptions.store import Page, StaleVersion
 
 resource = Resource("subscribers")
 
@@ -365,30 +366,49 @@ async def create_subscriber(request: web.Request, body: SubscriberCreate) -> web
     "/v1/subscribers",
     summary="List subscribers",
     scope="read_subscribers",
+    bound="filter",
     query=ListQuery,
     response=SubscriberList,
     errors=(422,),
 )
 async def list_subscribers(request: web.Request, query: ListQuery) -> SubscriberList:
+    """A subscriber-bound key's listing holds its own subscriber only."""
     if query.scope is not None and not request.app[CATALOG].is_scope(query.scope):
         raise validation_failed([("scope", f"unknown scope {query.scope!r}")])
-    page = await request.app[SUBSCRIBERS].list_page(
-        limit=query.limit, cursor=query.cursor, scope=query.scope, status=query.status
-    )
+    bound = bound_subscriber(request)
+    if bound is None:
+        page = await request.app[SUBSCRIBERS].list_page(
+            limit=query.limit, cursor=query.cursor, scope=query.scope, status=query.status
+        )
+    else:
+        page = await _own_page(request, bound, query)
     return SubscriberList(items=[view(s) for s in page.items], next_cursor=page.next_cursor)
+
+
+async def _own_page(request: web.Request, subscriber_id: str, query: ListQuery) -> Page:
+    """The one-subscriber listing of a bound key, with the same filters and cursor rule."""
+    sub = await request.app[SUBSCRIBERS].get(subscriber_id)
+    shown = (
+        sub is not None
+        and (query.cursor is None or sub.id > query.cursor)
+        and (query.scope is None or query.scope in sub.scopes)
+        and (query.status is None or sub.status is query.status)
+    )
+    return Page([sub] if shown and sub is not None else [], None)
 
 
 @resource.get(
     "/v1/subscribers/{subscriber_id}",
     summary="One subscriber (secrets masked)",
     scope="read_subscribers",
+    bound="subscriber_path",
     response=SubscriberView,
     errors=(404,),
 )
 async def get_subscriber(request: web.Request) -> web.Response:
     sub = await request.app[SUBSCRIBERS].get(_subscriber_id(request))
     if sub is None:
-        raise not_found("Subscriber")
+        raise subscriber_not_found()
     return render(view(sub), 200, _etag(sub))
 
 
@@ -421,7 +441,7 @@ async def patch_subscriber(request: web.Request, body: SubscriberPatch) -> web.R
     except StaleVersion:
         raise conflict("The subscriber changed since the version in If-Match") from None
     if sub is None:
-        raise not_found("Subscriber")
+        raise subscriber_not_found()
     return render(view(sub), 200, _etag(sub))
 
 
@@ -440,7 +460,7 @@ async def delete_subscriber(request: web.Request) -> web.Response:
     except StaleVersion:
         raise conflict("The subscriber changed since the version in If-Match") from None
     if deleted is None:
-        raise not_found("Subscriber")
+        raise subscriber_not_found()
     return web.Response(status=204)
 
 
@@ -461,7 +481,7 @@ async def change_grants(request: web.Request, body: GrantsChange) -> web.Respons
         _subscriber_id(request), body.add, body.remove
     )
     if sub is None:
-        raise not_found("Subscriber")
+        raise subscriber_not_found()
     return render(view(sub), 200, _etag(sub))
 
 
@@ -469,6 +489,7 @@ async def change_grants(request: web.Request, body: GrantsChange) -> web.Respons
     "/v1/subscribers/{subscriber_id}/secret/rotate",
     summary="Rotate the signing secret (the old one keeps signing for ROUTER_SECRET_GRACE)",
     scope="write_subscribers",
+    bound="subscriber_path",
     response=RotatedSecret,
     errors=(404,),
 )
@@ -477,7 +498,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
         _subscriber_id(request), grace_seconds=request.app[SETTINGS].secret_grace
     )
     if sub is None:
-        raise not_found("Subscriber")
+        raise subscriber_not_found()
     return render(RotatedSecret(secret=sub.secret, secrets=_secret_views(sub)), 200, _etag(sub))
 
 
@@ -485,6 +506,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     "/v1/subscribers/{subscriber_id}/explain",
     summary="Would this subscriber receive an event, and every reason it would not",
     scope="read_subscribers",
+    bound="subscriber_path",
     query=ExplainQuery,
     response=Verdict,
     errors=(404, 422),
@@ -497,5 +519,5 @@ async def explain_subscriber(request: web.Request, query: ExplainQuery) -> Verdi
         query.event, query.location_id, query.company_id, _subscriber_id(request)
     )
     if verdict is None:
-        raise not_found("Subscriber")
+        raise subscriber_not_found()
     return verdict
