@@ -210,6 +210,21 @@ async def test_backfill_needs_write_deliveries(client: TestClient) -> None:
         assert resp.status == status, await resp.text()
 
 
+async def test_a_key_bound_to_a_subscriber_backfills_that_subscriber_only(
+    client: TestClient,
+) -> None:
+    own = await subscribe(client, ["contacts.readonly"])
+    other = await subscribe(client, ["contacts.readonly"])
+    body = {"name": "portal", "scopes": ["write_deliveries"], "subscriber_id": own["id"]}
+    key = await call(client, "POST", "/v1/api-keys", 201, json=body)
+    window = {"since": iso(now() - timedelta(hours=1)), "until": iso(now())}
+    bearer = {"Authorization": f"Bearer {key['token']}"}
+    for sub, status in ((own, 202), (other, 404)):
+        path = f"/v1/subscribers/{sub['id']}/backfill"
+        resp = await client.post(path, json=window, headers=bearer)
+        assert resp.status == status, await resp.text()
+
+
 async def test_a_backfill_interrupted_by_a_crash_goes_on_where_it_stopped(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
