@@ -4,10 +4,12 @@ wires them in, `router.http.app`) and for `worker` (which runs the pipeline alon
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from redis.asyncio import RedisCluster
 
 from router.core.metrics import Metrics
+from router.pipeline.operational import OperationalEvents
 from router.pipeline.workers import WorkerGroup
 from router.settings import CLUSTER_PARTITIONS, Settings
 from router.storage.client import CommandRunner, Store, connect, open_redis
@@ -18,6 +20,9 @@ from router.storage.ledger import Ledger
 from subscriptions.catalog import Catalog, load_catalog
 from subscriptions.keys import SubscriberKeys
 from subscriptions.store import SubscriberStore
+
+# Seconds a stopping process waits for its queued operational events to be stored.
+OPERATIONS_CLOSE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,11 @@ class Services:
     metrics: Metrics
     owns_redis: bool  # opened here from the settings, so closed here too
 
+    @cached_property
+    def operations(self) -> OperationalEvents:
+        """The router's own events (router.*), emitted by this process."""
+        return OperationalEvents(self.ledger, self.metrics)
+
     def worker_group(self) -> WorkerGroup:
         """The dispatcher, delivery worker and schedulers of one process."""
         return WorkerGroup(
@@ -40,9 +50,11 @@ class Services:
             store=self.subscribers,
             ledger=self.ledger,
             metrics=self.metrics,
+            operations=self.operations,
         )
 
     async def close(self) -> None:
+        await self.operations.close(OPERATIONS_CLOSE_TIMEOUT)
         if self.owns_redis:
             await self.redis.aclose()
 
@@ -71,6 +83,7 @@ def build_services(
     store as the settings say. Raises `CatalogError` if the catalog cannot be loaded."""
     if catalog is None:
         catalog = load_catalog(settings.catalog_path, settings.catalog_overlay)
+    catalog = catalog.with_router_scope()
     client = open_redis(settings) if redis is None else redis
     keys = RouterKeys(settings.key_prefix, partitions_for(settings, client))
     subscriber_keys = SubscriberKeys(settings.key_prefix)

@@ -4,6 +4,10 @@ The catalog comes from a data file (the shipped v1 catalog unless `ROUTER_CATALO
 another, which may be JSON or a table in the platform's markdown format) plus an optional
 overlay (`ROUTER_CATALOG_OVERLAY`) of extra event -> scope mappings and payload-type aliases.
 Requirements are exact: a `.write` scope does not imply the matching `.readonly`.
+
+The router adds a scope of its own, `router.operations`, unlocking the events it emits about
+itself (`ROUTER_EVENTS`): routed by the same rule as the platform's, but kept apart from the
+platform's data (`to_data` leaves it out; `router_scopes` lists it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,20 @@ ACCESS_TYPES = ("Sub-Account", "Company")
 
 _ENDPOINT = re.compile(r"([A-Z]+) (/\S*)")
 _RESOURCE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*){0,7}")
+
+ROUTER_SCOPE = "router.operations"
+ROUTER_EVENTS = (
+    "router.subscriber.disabled",
+    "router.breaker.opened",
+    "router.breaker.closed",
+    "router.delivery.dead",
+    "router.verification.failing",
+)
+
+
+def is_router_event(event: str) -> bool:
+    """True for the events the router emits about itself (never the platform's)."""
+    return event in ROUTER_EVENTS
 
 
 class ScopeEntry(BaseModel):
@@ -121,14 +139,24 @@ class _Route:
 class Catalog:
     """An immutable scope catalog with O(1) event lookups and precompiled endpoint templates."""
 
-    __slots__ = ("_aliases", "_event_scopes", "_resource_keys", "_routes", "_scopes", "_version")
+    __slots__ = (
+        "_aliases",
+        "_event_scopes",
+        "_resource_keys",
+        "_router_scopes",
+        "_routes",
+        "_scopes",
+        "_version",
+    )
 
-    def __init__(self, data: CatalogData) -> None:
-        """Build the catalog from validated data.
+    def __init__(self, data: CatalogData, *, router_scopes: frozenset[str] = frozenset()) -> None:
+        """Build the catalog from validated data; the scopes named in `router_scopes` are the
+        router's own (see `with_router_scope`).
 
         Raises `CatalogError` if a scope is listed twice, or an alias points to an event no
         scope unlocks or hides an event of the same name.
         """
+        self._router_scopes = router_scopes
         scopes: dict[str, ScopeEntry] = {}
         event_scopes: dict[str, list[str]] = {}
         routes: dict[str, list[_Route]] = {}
@@ -253,6 +281,8 @@ class Catalog:
         for event, scope in parsed.events.items():
             if scope not in self._scopes:
                 raise CatalogError(f"event '{event}' maps to unknown scope '{scope}'")
+            if scope in self._router_scopes:
+                raise CatalogError(f"event '{event}' maps to the router's own scope '{scope}'")
             known = self._event_scopes.get(event, ())
             if known and scope not in known:
                 raise CatalogError(
@@ -270,17 +300,42 @@ class Catalog:
             aliases={**self._aliases, **parsed.aliases},
             resource_keys={**self._resource_keys, **parsed.resource_keys},
         )
-        return Catalog(data)
+        return Catalog(data, router_scopes=self._router_scopes)
+
+    def with_router_scope(self) -> Catalog:
+        """This catalog and the router's own scope, `router.operations`, which unlocks the
+        events of `ROUTER_EVENTS`; itself if it has it already. Raises `CatalogError` if the
+        platform's catalog uses the name or one of the events."""
+        if ROUTER_SCOPE in self._router_scopes:
+            return self
+        if ROUTER_SCOPE in self._scopes:
+            raise CatalogError(f"scope '{ROUTER_SCOPE}' is the router's own; rename it")
+        taken = [event for event in ROUTER_EVENTS if event in self._event_scopes]
+        if taken:
+            raise CatalogError(f"event '{taken[0]}' is the router's own; rename it")
+        entry = ScopeEntry(name=ROUTER_SCOPE, access=[], endpoints=[], events=list(ROUTER_EVENTS))
+        data = CatalogData(
+            version=self._version,
+            scopes=[*self._scopes.values(), entry],
+            aliases=dict(self._aliases),
+            resource_keys=dict(self._resource_keys),
+        )
+        return Catalog(data, router_scopes=self._router_scopes | {ROUTER_SCOPE})
+
+    def router_scopes(self) -> list[ScopeEntry]:
+        """The router's own scopes (not the platform's), with the events they unlock."""
+        return [self._scopes[name] for name in sorted(self._router_scopes)]
 
     def resource_key(self, event: str) -> str | None:
         """The dotted payload path naming the resource `event` is about, or None."""
         return self._resource_keys.get(event)
 
     def to_data(self) -> dict[str, Any]:
-        """The catalog as JSON-able data in the data file's format; `Catalog(...)` round-trips."""
+        """The platform's catalog as JSON-able data in the data file's format (the router's
+        own scopes left out); `Catalog(...)` round-trips."""
         return CatalogData(
             version=self._version,
-            scopes=list(self._scopes.values()),
+            scopes=[e for name, e in self._scopes.items() if name not in self._router_scopes],
             aliases=dict(self._aliases),
             resource_keys=dict(self._resource_keys),
         ).model_dump()

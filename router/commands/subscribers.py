@@ -28,8 +28,8 @@ SUBSCRIBER_COLUMNS = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `subscribers` group: list, add, update, show, grant, revoke, pause, resume,
-    delete, explain, replay, rotate-secret."""
+    """Add the `subscribers` group: list, add, update, show, backfill, grant, revoke, pause,
+    resume, delete, explain, replay, rotate-secret."""
     connection = connection_options()
     group = subparsers.add_parser(
         "subscribers",
@@ -109,6 +109,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     show.add_argument("id", metavar="ID", help="subscriber id (sub_…)")
     show.set_defaults(func=show_subscriber)
+
+    backfill = commands.add_parser(
+        "backfill",
+        parents=[connection],
+        help="deliver retained events a subscriber is newly entitled to",
+        description="Create deliveries for the retained events received in [--since, --until) "
+        "that the subscriber is entitled to now and has none for (needs write_deliveries). "
+        "Running it again schedules only what is still missing.",
+    )
+    backfill.add_argument("id", metavar="ID", help="subscriber id (sub_…)")
+    backfill.add_argument(
+        "--since", required=True, metavar="TIME", help="RFC 3339, e.g. 2026-12-01T00:00:00Z"
+    )
+    backfill.add_argument("--until", required=True, metavar="TIME", help="RFC 3339, exclusive")
+    backfill.add_argument(
+        "--event",
+        dest="events",
+        action="append",
+        metavar="EVENT",
+        help="only this event, e.g. ContactCreate (repeatable; default: every entitled one)",
+    )
+    backfill.set_defaults(func=backfill_subscriber)
 
     for name, verb, func in (
         ("grant", "grant", grant_scopes),
@@ -290,6 +312,15 @@ def add_subscriber(args: argparse.Namespace) -> int:
 def show_subscriber(args: argparse.Namespace) -> int:
     """Print one subscriber; 0, or 1 on an API error (404 included)."""
     return run_request(args, "GET", f"/v1/subscribers/{path_segment(args.id)}", record)
+
+
+def backfill_subscriber(args: argparse.Namespace) -> int:
+    """Backfill a subscriber and print how many deliveries were scheduled; 0, or 1 on an API
+    error."""
+    body: dict[str, Any] = {"since": args.since, "until": args.until}
+    if args.events:
+        body["events"] = args.events
+    return run_request(args, "POST", _subscriber_path(args, "/backfill"), record, body)
 
 
 def grant_scopes(args: argparse.Namespace) -> int:

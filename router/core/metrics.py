@@ -48,6 +48,13 @@ class Metrics:
         )
         self._received: dict[tuple[str, str], Any] = {}
         self._delivered: dict[str, Any] = {}
+        self.operational_events = Counter(
+            "router_operational_events",
+            "The router's own events (router.*), by event and outcome: emitted (stored for "
+            "delivery) or dropped (Redis unavailable too long, or too many waiting)",
+            ["event", "outcome"],
+            registry=r,
+        )
         self.open_breakers = Gauge(
             "router_open_breakers", "Subscribers whose circuit breaker is open", registry=r
         )

@@ -16,6 +16,7 @@ from router.http.context import (
     LEDGER,
     METRICS,
     OPENAPI,
+    OPERATIONS,
     REDIS,
     REFUSALS,
     SETTINGS,
@@ -26,7 +27,7 @@ from router.http.errors import error_middleware
 from router.http.openapi import build_openapi
 from router.http.routes import RESOURCES
 from router.http.server import ConnectionLogger
-from router.http.verification import RefusalMonitor, build_verifier
+from router.http.verification import RefusalMonitor, announce_failing, build_verifier
 from router.services import Services, build_services
 from router.settings import Settings
 from subscriptions.catalog import Catalog
@@ -65,7 +66,8 @@ def create_app(
     app[HISTORY] = services.history
     app[METRICS] = services.metrics
     app[VERIFIER] = build_verifier(settings)
-    app[REFUSALS] = RefusalMonitor()
+    app[OPERATIONS] = services.operations
+    app[REFUSALS] = RefusalMonitor(on_failing=announce_failing(services.operations))
     for resource in RESOURCES:
         resource.add_routes(app)
     app[OPENAPI] = orjson.dumps(build_openapi(RESOURCES, services.catalog))

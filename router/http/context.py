@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from router.core.metrics import Metrics
 from router.http.verification import RefusalMonitor, Verifier
+from router.pipeline.operational import OperationalEvents
 from router.settings import Settings
 from router.storage.history import History
 from router.storage.keyring import Keyring
@@ -28,4 +29,5 @@ HISTORY = web.AppKey("history", History)
 METRICS = web.AppKey("metrics", Metrics)
 VERIFIER: web.AppKey[Verifier | None] = web.AppKey("verifier")
 REFUSALS = web.AppKey("refusals", RefusalMonitor)
+OPERATIONS = web.AppKey("operations", OperationalEvents)
 OPENAPI = web.AppKey("openapi", bytes)  # the served document, built once per app

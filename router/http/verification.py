@@ -10,7 +10,8 @@
 
 Replay protection (a payload `timestamp` outside the window) is `timestamp_refusal`; a body
 seen before is a duplicate whatever its fields (`router.ledger`). Refusals are counted and
-watched by `RefusalMonitor`, so a misconfigured key shows within a minute.
+watched by `RefusalMonitor`, so a misconfigured key shows within a minute: in the log, in
+`/healthz`, and as the operational event `router.verification.failing`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from router.pipeline.operational import OperationalEvents
 from router.settings import Settings, SettingsError
 from subscriptions.ids import now_ms, parse_rfc3339
 
@@ -249,14 +251,28 @@ class RefusalMonitor:
     real event, and the platform never retries a 401: they would be lost in silence), and a
     warning is logged at most every `log_every` seconds with the counts since the last one.
     429s are not refusals here: the platform retries them.
+
+    While most are refused, `on_failing` is called with the state at most once a `window`
+    (judged at most every `check_every` seconds, so a flood of refusals costs little).
     """
 
     # Below this many refusals in the window, a few forged or stray requests are not news.
     MIN_REFUSED = 5
 
-    def __init__(self, window: int = 60, log_every: float = 10.0) -> None:
+    def __init__(
+        self,
+        window: int = 60,
+        log_every: float = 10.0,
+        *,
+        on_failing: Callable[[IngestState], None] | None = None,
+        check_every: float = 1.0,
+    ) -> None:
         self.window = window
         self.log_every = log_every
+        self.on_failing = on_failing
+        self.check_every = check_every
+        self._last_check = float("-inf")
+        self._last_alert = float("-inf")
         self._outcomes: deque[tuple[float, str | None]] = deque()
         self._unlogged: Counter[str] = Counter()
         self._last_log = float("-inf")
@@ -279,6 +295,12 @@ class RefusalMonitor:
             )
             self._unlogged.clear()
             self._last_log = now
+        if self.on_failing is not None and now - self._last_check >= self.check_every:
+            self._last_check = now
+            state = self.state()
+            if state.failing and now - self._last_alert >= self.window:
+                self._last_alert = now
+                self.on_failing(state)
 
     def _record(self, reason: str | None) -> None:
         now = time.monotonic()
@@ -305,3 +327,18 @@ class RefusalMonitor:
             reasons=dict(reasons),
             window=self.window,
         )
+
+
+def announce_failing(operations: OperationalEvents) -> Callable[[IngestState], None]:
+    """A `RefusalMonitor.on_failing` that emits `router.verification.failing`."""
+
+    def announce(state: IngestState) -> None:
+        total = state.refused + state.accepted
+        operations.emit(
+            "router.verification.failing",
+            reason=f"{state.refused} of the last {total} ingest requests in {state.window} s "
+            "were refused as unauthenticated or invalid",
+            counts={"refused": state.refused, "accepted": state.accepted, **state.reasons},
+        )
+
+    return announce

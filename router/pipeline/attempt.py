@@ -5,8 +5,9 @@ shared with the attempts starting alongside; re-check the routing rule (a revoke
 paused or deleted subscriber, a changed filter turns it `skipped`); wait behind the
 subscriber's circuit breaker if it is open; POST the raw body with Standard Webhooks
 signatures; and record what `router.core.outcome.judge` makes of the result, atomically with
-the queue acknowledgement. How many attempts run at once, and what waits, is
-`router.pipeline.delivery`'s business.
+the queue acknowledgement; then tell operators (`router.pipeline.operational`) of a breaker
+that opened or closed, a delivery that died, a subscriber disabled. How many attempts run at
+once, and what waits, is `router.pipeline.delivery`'s business.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from router.core.records import TERMINAL, AttemptContext, DeliveryStatus, WorkIt
 from router.core.retry import RetryPolicy
 from router.core.signing import delivery_headers
 from router.pipeline.client import post_event
+from router.pipeline.operational import OperationalEvents
 from router.settings import Settings
 from router.storage.ledger import Ledger
-from subscriptions.catalog import Catalog
+from subscriptions.catalog import Catalog, is_router_event
 from subscriptions.ids import now_ms
 from subscriptions.models import Subscriber, SubscriberStatus
 from subscriptions.routing import entitlement_refusal
@@ -74,8 +76,10 @@ class Attempts:
         catalog: Catalog,
         settings: Settings,
         metrics: Metrics,
+        operations: OperationalEvents,
     ) -> None:
         self.ledger = ledger
+        self.operations = operations
         self.store = store
         self.catalog = catalog
         self.settings = settings
@@ -157,7 +161,14 @@ class Attempts:
         *,
         breaker_clear: bool = False,
     ) -> Outcome:
-        await self.ledger.finish(
+        await self._record(item, outcome, order, breaker_clear=breaker_clear)
+        return outcome
+
+    async def _record(
+        self, item: WorkItem, outcome: Outcome, order: OrderSlot | None, *, breaker_clear: bool
+    ) -> int:
+        """Record the outcome; returns what it did to the breaker (`Ledger.finish`)."""
+        turned = await self.ledger.finish(
             item,
             outcome,
             breaker_threshold=self.breaker_threshold,
@@ -168,7 +179,7 @@ class Attempts:
         if order is not None and outcome.status in TERMINAL:
             # Finished, it no longer holds back the deliveries after it about its resource.
             await self.ledger.leave_order(order.subscriber_id, order.resource, item.delivery_id)
-        return outcome
+        return turned
 
     def _order_slot(self, subscriber: Subscriber, event: dict[str, Any]) -> OrderSlot | None:
         """The resource this delivery is ordered by, if the subscriber orders its deliveries
@@ -285,10 +296,42 @@ class Attempts:
             now_ms=now_ms(),
         )
         # A success closes the breaker; there is nothing to close if no failure was counted.
-        await self.record(item, outcome, order, breaker_clear=breaker_clear)
+        turned = await self._record(item, outcome, order, breaker_clear=breaker_clear)
         if result.succeeded and event["received_at"]:
             self.metrics.end_to_end_seconds.observe((now_ms() - event["received_at"]) / 1000)
         if outcome.disable_reason is not None:
             await self.store.set_status(sub.id, SubscriberStatus.disabled, outcome.disable_reason)
             log.warning("subscriber %s answered 410 Gone: disabled", sub.id)
+        # Never about an operational event's own delivery: those must not breed more.
+        if not is_router_event(event["event"]):
+            self._announce(item, event["event"], outcome, turned)
         return outcome
+
+    def _announce(self, item: WorkItem, event: str, outcome: Outcome, turned: int) -> None:
+        """Emit the operational events this attempt's outcome calls for."""
+        emit, sub, fields = self.operations.emit, item.subscriber_id, outcome.fields
+        code, error = fields.get("last_status_code"), fields.get("last_error")
+        last = f"HTTP {code}" if code not in (None, "") else str(error or "no answer")
+        if turned > 0:
+            reason = f"{turned} consecutive failed attempts, the last: {last}"
+            counts = {"failures": turned}
+            emit("router.breaker.opened", subscriber_id=sub, reason=reason, counts=counts)
+        elif turned < 0:
+            emit("router.breaker.closed", subscriber_id=sub, reason="an attempt succeeded")
+        if outcome.status is DeliveryStatus.dead:
+            emit(
+                "router.delivery.dead",
+                subscriber_id=sub,
+                reason=str(fields.get("reason", "")),
+                counts={"attempts": int(fields["attempts"])},
+                delivery_id=item.delivery_id,
+                event_id=item.event_id,
+                event=event,
+            )
+        if outcome.disable_reason is not None:
+            emit(
+                "router.subscriber.disabled",
+                subscriber_id=sub,
+                reason=outcome.disable_reason,
+                status=SubscriberStatus.disabled.value,
+            )

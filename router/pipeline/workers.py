@@ -21,6 +21,7 @@ from router.core.metrics import Metrics
 from router.pipeline.attempt import Attempts
 from router.pipeline.delivery import DeliveryWorker
 from router.pipeline.dispatch import Dispatcher
+from router.pipeline.operational import OperationalEvents
 from router.settings import Settings
 from router.storage.client import UNAVAILABLE
 from router.storage.ledger import MOVE_DUE_LIMIT, Ledger
@@ -57,13 +58,19 @@ class WorkerGroup:
         store: SubscriberStore,
         ledger: Ledger,
         metrics: Metrics,
+        operations: OperationalEvents,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.consumer = consumer = consumer_name()
         self.dispatcher = Dispatcher(ledger, store, metrics, consumer, settings.reclaim_after)
         attempts = Attempts(
-            ledger=ledger, store=store, catalog=catalog, settings=settings, metrics=metrics
+            ledger=ledger,
+            store=store,
+            catalog=catalog,
+            settings=settings,
+            metrics=metrics,
+            operations=operations,
         )
         self.worker = DeliveryWorker(
             ledger=ledger, attempts=attempts, settings=settings, consumer=consumer

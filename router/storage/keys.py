@@ -151,6 +151,12 @@ class RouterKeys:
         dedupe window)."""
         return f"{self._p(partition)}:seen:{digest[:32]}"
 
+    def backfill_cursor(self, subscriber_id: str, window: str) -> str:
+        """String with TTL: how far a backfill of one subscriber over one window (a digest of
+        its terms) has got, so a call repeated after a crash goes on from there."""
+        digest = hashlib.sha256(window.encode()).hexdigest()[:32]
+        return f"{self._g}:backfill:{subscriber_id}:{digest}"
+
     def stats(self, partition: int) -> str:
         """Hash of counters that must survive restarts (unroutable events, ...)."""
         return f"{self._p(partition)}:stats"

@@ -257,12 +257,15 @@ class Ledger:
         breaker_threshold: int = 0,
         probe_interval_ms: int = 0,
         breaker_clear: bool = False,
-    ) -> None:
+    ) -> int:
         """Record `outcome` of handling `item`, atomically with the stream acknowledgement
         (one script call per partition, shared with other outcomes recorded alongside it),
         and count it against the subscriber's breaker: a failed attempt opens it for
         `probe_interval_ms` at `breaker_threshold` consecutive failures, a success closes it
-        (unless `breaker_clear`: the attempt's context found no failure counted)."""
+        (unless `breaker_clear`: the attempt's context found no failure counted).
+
+        Returns what it did to the breaker: the consecutive failures if this outcome opened
+        it, -1 if it closed an open one, else 0."""
         now = now_ms()
         prepared = outcomes.finish_args(
             self.keys, item, outcome, group=DELIVER_GROUP, now=now, retention=self.retention
@@ -272,11 +275,11 @@ class Ledger:
             change = outcomes.BreakerChange(
                 item.subscriber_id, outcome.breaker, breaker_threshold, now + probe_interval_ms
             )
-        await self._outcomes.run((item, prepared, change))
+        return await self._outcomes.run((item, prepared, change))
 
     async def _finish_batch(
         self, batch: list[tuple[WorkItem, outcomes.Prepared, outcomes.BreakerChange | None]]
-    ) -> list[Exception | None]:
+    ) -> list[Exception | int]:
         by_delivery = by_partition(batch, lambda entry: _work_partition(entry[0]))
         changes = [change for _, _, change in batch if change is not None]
         by_breaker = by_partition(changes, lambda c: self.keys.breaker_partition(c.subscriber_id))
@@ -289,6 +292,10 @@ class Ledger:
             for p, group in by_breaker.items()
         ]
         replies = await self.runner.run(calls, raise_on_error=False, durable=True)
+        turned: dict[int, int] = {}
+        for (_, group), reply in zip(by_breaker.items(), replies[len(by_delivery) :], strict=True):
+            if not isinstance(reply, Exception):
+                turned.update((id(change), int(n)) for change, n in zip(group, reply, strict=True))
         results: dict[int, Exception | None] = {}
         for (_, group), reply in zip(by_delivery.items(), replies, strict=False):
             parsed: list[Exception | None] = (
@@ -300,7 +307,11 @@ class Ledger:
                 results[id(entry)] = result
         # A breaker that could not be counted fails no outcome: the delivery's own state is
         # what at-least-once depends on, and the next attempt counts again.
-        return [results[id(entry)] for entry in batch]
+        out: list[Exception | int] = []
+        for entry in batch:
+            error, change = results[id(entry)], entry[2]
+            out.append(error if error is not None else turned.get(id(change), 0) if change else 0)
+        return out
 
     async def ack(self, item: WorkItem) -> None:
         """Drop a queue entry that needs no attempt, changing no delivery record."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from router.http.operations import Resource
 from router.http.routes import (
     api_keys,
+    backfill,
     catalog,
     deliveries,
     events,
@@ -26,6 +27,7 @@ RESOURCES: tuple[Resource, ...] = (
     api_keys.resource,
     whoami.resource,
     deliveries.resource,
+    backfill.resource,
     events.resource,
     metrics.resource,
     openapi.resource,

@@ -8,9 +8,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from router.http.context import CATALOG
 from router.http.errors import ApiError, not_found
 from router.http.operations import Resource
-from subscriptions.catalog import CatalogData
+from subscriptions.catalog import CatalogData, ScopeEntry
 
 resource = Resource("catalog")
+
+
+class CatalogView(CatalogData):
+    router_scopes: list[ScopeEntry] = Field(
+        description="The router's own scopes (not the platform's) and the events it emits "
+        "about itself; granted and routed like the platform's"
+    )
 
 
 class EventScope(BaseModel):
@@ -41,10 +48,13 @@ class EndpointScope(BaseModel):
     summary="The whole catalog",
     scope="read_catalog",
     bound="open",
-    response=CatalogData,
+    response=CatalogView,
 )
-async def get_catalog(request: web.Request) -> CatalogData:
-    return CatalogData.model_validate(request.app[CATALOG].to_data())
+async def get_catalog(request: web.Request) -> CatalogView:
+    catalog = request.app[CATALOG]
+    return CatalogView.model_validate(
+        catalog.to_data() | {"router_scopes": catalog.router_scopes()}
+    )
 
 
 @resource.get(

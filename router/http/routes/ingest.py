@@ -30,6 +30,7 @@ from router.http.operations import Resource, read_body
 from router.http.verification import Refusal, timestamp_refusal
 from router.storage.client import UNAVAILABLE, refusing_writes
 from router.storage.ledger import Overloaded
+from subscriptions.catalog import is_router_event
 from subscriptions.ids import now_ms
 
 log = logging.getLogger("router.ingest")
@@ -205,6 +206,10 @@ async def _accept(request: web.Request, path_event: str | None) -> web.Response:
         raise validation_failed([("event_type", "must be valid Unicode text")])
     catalog = app[CATALOG]
     event_name = catalog.event_for_payload_type(path_event or payload_type)
+    if is_router_event(event_name):
+        # Only the router emits these; one posted here would reach its operators as its own.
+        field = "type" if path_event is None else "event_type"
+        raise validation_failed([(field, f"{event_name} is the router's own event")])
     webhook_id = _optional_str(payload, "webhookId", MAX_WEBHOOK_ID) or webhook_header
     # With verification on, a signed body seen before is a replay whatever its fields say:
     # the platform's envelope fields are optional, the signature covers the body.

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from router.core.targets import URL_PATTERN, canonical_url
 from router.core.text import Name, Token, documented_pattern
 from router.http.auth import bound_subscriber, subscriber_not_found
-from router.http.context import CATALOG, SETTINGS, SUBSCRIBERS
+from router.http.context import CATALOG, OPERATIONS, SETTINGS, SUBSCRIBERS
 from router.http.errors import bad_request, conflict, validation_failed
 from router.http.openapi import catalog_names
 from router.http.operations import Resource, render
@@ -323,6 +323,23 @@ def _subscriber_id(request: web.Request) -> str:
     return request.match_info["subscriber_id"]
 
 
+async def _update(request: web.Request, changes: dict[str, Any]) -> Subscriber | None:
+    """Apply a PATCH (If-Match honoured); an operator pausing an active subscriber is
+    announced to operations (`router.subscriber.disabled`), like the router disabling one."""
+    store, subscriber_id = request.app[SUBSCRIBERS], _subscriber_id(request)
+    pausing = changes.get("status") == SubscriberStatus.paused
+    before = await store.get(subscriber_id) if pausing else None
+    sub = await store.update(subscriber_id, changes, expected_version=_if_match(request))
+    if sub is not None and before is not None and before.status is SubscriberStatus.active:
+        request.app[OPERATIONS].emit(
+            "router.subscriber.disabled",
+            subscriber_id=sub.id,
+            reason="paused by an operator",
+            status=SubscriberStatus.paused.value,
+        )
+    return sub
+
+
 @resource.post(
     "/v1/subscribers",
     summary="Register a subscriber",
@@ -420,9 +437,7 @@ async def patch_subscriber(request: web.Request, body: SubscriberPatch) -> web.R
     if "url" in changes:
         changes["url"] = canonical_url(changes["url"])
     try:
-        sub = await request.app[SUBSCRIBERS].update(
-            _subscriber_id(request), changes, expected_version=_if_match(request)
-        )
+        sub = await _update(request, changes)
     except StaleVersion:
         raise conflict("The subscriber changed since the version in If-Match") from None
     if sub is None:

@@ -81,25 +81,29 @@ return out
 
 # KEYS: the breaker partition's open-breakers set, then per change the subscriber's breaker.
 # ARGV per change: 'ok' (a success: closed) or 'fail' (one more consecutive failure), the
-# threshold that opens it, open until (ms), subscriber id, retention.
+# threshold that opens it, open until (ms), subscriber id, retention. Returns per change what
+# it did to an open breaker: its consecutive failures if it opened it, -1 if it closed it, 0.
 BREAKERS = Script(
     "breakers",
     """
+local out = {}
 for i = 1, #KEYS - 1 do
   local a = 5 * (i - 1)
   local breaker, mode, threshold = KEYS[1 + i], ARGV[a + 1], ARGV[a + 2]
   local open_until, sub, retention = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  out[i] = 0
   if mode == 'ok' then
-    if redis.call('DEL', breaker) == 1 then redis.call('SREM', KEYS[1], sub) end
+    if redis.call('DEL', breaker) == 1 then out[i] = -redis.call('SREM', KEYS[1], sub) end
   else
     local failures = redis.call('HINCRBY', breaker, 'failures', 1)
     redis.call('EXPIRE', breaker, retention)
     if failures >= tonumber(threshold) then
       redis.call('HSET', breaker, 'open_until', open_until)
-      redis.call('SADD', KEYS[1], sub)
+      if redis.call('SADD', KEYS[1], sub) == 1 then out[i] = failures end
     end
   end
 end
+return out
 """,
 )
 
