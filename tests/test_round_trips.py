@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -99,4 +100,28 @@ async def test_a_reply_slower_than_the_socket_timeout_fails_and_frees_the_connec
         assert await trips.execute([("ECHO", "mine")]) == [b"mine"]
         await client.delete(queue)
     finally:
+        await client.aclose()
+
+
+async def test_a_connection_disconnected_by_another_task_mid_send_fails_as_a_connection_error(
+    key_prefix: str,
+) -> None:
+    # A cluster client disconnects a node's pooled connections after a failover while
+    # another task may be sending on one: that task must see a ConnectionError (retried,
+    # or 429 at ingest), not an AttributeError from the cleared writer (a crashed loop, a
+    # 500). The router's connections are the same class on one Redis and on a cluster.
+    if not REAL_REDIS_URL:
+        pytest.skip("REDIS_URL is not set: needs a real server to connect to")
+    client = open_redis(make_settings(key_prefix, redis_url=REAL_REDIS_URL))
+    conn = await client.connection_pool.get_connection()
+    try:
+        # The send passes its "connected?" check and hands the write to a task of its own;
+        # the disconnect runs before that task does.
+        sending = asyncio.create_task(conn.send_packed_command(b"PING\r\n", check_health=False))
+        await asyncio.sleep(0)
+        await conn.disconnect(nowait=True)
+        with pytest.raises(RedisConnectionError):
+            await sending
+    finally:
+        await client.connection_pool.release(conn)
         await client.aclose()

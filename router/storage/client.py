@@ -132,6 +132,28 @@ class HiredisPacking:
         return [pack_all(commands)]
 
 
+class GuardedWrite:
+    """A write on a connection another task disconnected fails as a ConnectionError.
+
+    redis-py hands a write with a socket timeout to a task of its own, which runs a loop
+    iteration later; its cluster client disconnects a node's idle pooled connections after
+    a connection error there (a failover), and a connection taken from the pool in between
+    reaches that task with its writer already cleared. redis-py 8.1 then raises
+    AttributeError, which no retry or 429 handles: the failover test crashed the dispatcher
+    with it. Binding the writer once, with no await between the check and the write, turns
+    that into the ConnectionError a dropped connection is.
+    """
+
+    _writer: asyncio.StreamWriter | None
+
+    async def _send_packed_command(self, command: Iterable[bytes]) -> None:
+        writer = self._writer
+        if writer is None:
+            raise RedisConnectionError("Connection closed by another task before writing")
+        writer.writelines(command)
+        await writer.drain()
+
+
 class RoundTrips:
     """Batches of commands, each sent in one write on a connection held for the purpose.
 
@@ -452,7 +474,7 @@ class CommandRunner:
 
 
 def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
-    return type(f"Hiredis{cls.__name__}", (HiredisPacking, cls), {})
+    return type(f"Hiredis{cls.__name__}", (HiredisPacking, GuardedWrite, cls), {})
 
 
 def open_embedded() -> Redis:
