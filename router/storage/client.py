@@ -133,22 +133,23 @@ class HiredisPacking:
 
 
 class GuardedWrite:
-    """A write on a connection another task disconnected fails as a ConnectionError.
+    """A write on a connection another task is disconnecting fails as a ConnectionError.
 
     redis-py hands a write with a socket timeout to a task of its own, which runs a loop
     iteration later; its cluster client disconnects a node's idle pooled connections after
-    a connection error there (a failover), and a connection taken from the pool in between
-    reaches that task with its writer already cleared. redis-py 8.1 then raises
-    AttributeError, which no retry or 429 handles: the failover test crashed the dispatcher
-    with it. Binding the writer once, with no await between the check and the write, turns
-    that into the ConnectionError a dropped connection is.
+    a connection error there (a failover), and a connection taken from the pool meanwhile
+    reaches that task with its writer cleared, or closed and not yet cleared. redis-py 8.1
+    then raises AttributeError, or uvloop RuntimeError, which no retry or 429 handles: the
+    failover fault test crashed the dispatcher and a delivery loop with them. Checking the
+    writer and its transport with no await between the check and the write turns both into
+    the ConnectionError a dropped connection is.
     """
 
     _writer: asyncio.StreamWriter | None
 
     async def _send_packed_command(self, command: Iterable[bytes]) -> None:
         writer = self._writer
-        if writer is None:
+        if writer is None or writer.transport.is_closing():
             raise RedisConnectionError("Connection closed by another task before writing")
         writer.writelines(command)
         await writer.drain()
