@@ -21,6 +21,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from router.core.records import WorkItem
 from router.http.app import create_app
 from router.pipeline.delivery import WaitingWork
+from router.services import build_services
 from router.storage.ledger import Ledger
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.payloads import (
@@ -752,3 +753,20 @@ async def test_work_held_by_an_open_breaker_stays_parked_until_the_probe_time(
     assert len(receiver.requests("/fragile")) == 2
     for delivery_id in ids:
         assert (await router.delivery(delivery_id))["attempt_count"] == 0
+
+
+async def test_a_delivery_loop_run_again_after_a_crash_keeps_its_http_session(
+    redis: Redis, key_prefix: str
+) -> None:
+    # The supervisor runs a crashed loop again; a new session per run left the old one
+    # unclosed (asyncio logged "Unclosed client session" at error level), its connections
+    # open, in the cluster failover fault test.
+    worker = build_services(make_settings(key_prefix), redis=redis).worker_group().worker
+    stopped = asyncio.Event()
+    stopped.set()  # each run returns at once
+    await worker.run(stopped)
+    first = worker.session
+    await worker.run(stopped)
+    assert first is not None and worker.session is first and not first.closed
+    await worker.drain(0)
+    assert first.closed
