@@ -79,6 +79,7 @@ async def test_master_killed_mid_burst_loses_no_acknowledged_event(
             f"cluster master SIGKILL mid-burst ({events} events)",
             time.monotonic() - started,
             f"accepted-before-kill={accepted_at_kill} failover={failover_seconds:.1f}s "
+            f"error-logs={len(c.errors_in_logs())} "
             f"429s={load.statuses[429]} 5xx={load.server_errors} "
             f"conn-errors={load.connection_errors}",
         )
@@ -88,6 +89,8 @@ async def test_master_killed_mid_burst_loses_no_acknowledged_event(
     assert load.given_up == 0 and len(load.accepted) == events, load.statuses
     assert tally.lost == 0
     assert tally.trespass == 0
+    errors = c.errors_in_logs()  # a loop that crashed and was restarted, say
+    assert not errors, errors[:3]
 
 
 async def test_worker_killed_mid_burst_on_a_cluster_leaves_its_work_to_the_other(
@@ -119,13 +122,16 @@ async def test_worker_killed_mid_burst_on_a_cluster_leaves_its_work_to_the_other
         tally.line(
             "cluster worker SIGKILL mid-burst (1 of 2)",
             time.monotonic() - started,
-            f"delivered-before-kill={delivered_at_kill} 429s={load.statuses[429]}",
+            f"delivered-before-kill={delivered_at_kill} 429s={load.statuses[429]} "
+            f"error-logs={len(c.errors_in_logs())}",
         )
     )
     assert survivor.alive
     assert load.server_errors == 0 and len(load.accepted) == events, load.statuses
     assert tally.lost == 0
     assert tally.trespass == 0
+    errors = c.errors_in_logs()  # a loop that crashed and was restarted, say
+    assert not errors, errors[:3]
 
 
 async def test_slots_resharded_during_a_burst_lose_nothing(
@@ -167,7 +173,8 @@ async def test_slots_resharded_during_a_burst_lose_nothing(
             "cluster reshard of 3000 slots mid-burst",
             time.monotonic() - started,
             f"partitions-moved={moved_partitions} rounds-during-reshard={rounds_during} "
-            f"429s={load.statuses[429]} 5xx={load.server_errors}",
+            f"429s={load.statuses[429]} 5xx={load.server_errors} "
+            f"error-logs={len(c.errors_in_logs())}",
         )
     )
     assert serve.alive
@@ -176,3 +183,5 @@ async def test_slots_resharded_during_a_burst_lose_nothing(
     assert len(load.accepted) == load.sent, load.statuses
     assert tally.lost == 0
     assert tally.trespass == 0
+    errors = c.errors_in_logs()  # a loop that crashed and was restarted, say
+    assert not errors, errors[:3]
