@@ -1,10 +1,11 @@
 """Processes, load and bookkeeping for the fault suite.
 
 `Cluster` starts real `webhook-router serve`/`worker` processes, receiver processes and (for the
-Redis outage) a private `redis-server`, all with one key prefix; `burst` plays the platform
-(posting events, retrying 429s); `Ledger` reads what the receivers recorded and compares it with
-what was acknowledged: every (accepted event, entitled subscriber) pair must be there at least
-once, and nothing may reach a subscriber that is not entitled.
+Redis outage) a private `redis-server`, all with one key prefix; `RedisClusterNodes` is a Redis
+Cluster of a scenario's own, whose nodes it may kill, restart and reshard; `burst` plays the
+platform (posting events, retrying 429s); `Ledger` reads what the receivers recorded and
+compares it with what was acknowledged: every (accepted event, entitled subscriber) pair must
+be there at least once, and nothing may reach a subscriber that is not entitled.
 """
 
 from __future__ import annotations
