@@ -23,6 +23,7 @@ from router.core.records import WorkItem
 from router.http.app import create_app
 from router.http.routes.deliveries import breaker_view
 from router.pipeline.delivery import WaitingWork
+from router.services import build_services
 from router.storage.ledger import Ledger
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.payloads import (
@@ -808,3 +809,20 @@ async def test_health_reports_the_failing_subscriber_and_the_healthy_one(
 async def test_health_of_an_unknown_subscriber_is_404(router: Router) -> None:
     answer = await router.call("GET", "/v1/subscribers/sub_nope/health", 404)
     assert answer["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+
+
+async def test_a_delivery_loop_run_again_after_a_crash_keeps_its_http_session(
+    redis: Redis, key_prefix: str
+) -> None:
+    # The supervisor runs a crashed loop again; a new session per run left the old one
+    # unclosed (asyncio logged "Unclosed client session" at error level), its connections
+    # open, in the cluster failover fault test.
+    worker = build_services(make_settings(key_prefix), redis=redis).worker_group().worker
+    stopped = asyncio.Event()
+    stopped.set()  # each run returns at once
+    await worker.run(stopped)
+    first = worker.session
+    await worker.run(stopped)
+    assert first is not None and worker.session is first and not first.closed
+    await worker.drain(0)
+    assert first.closed

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -100,3 +101,50 @@ async def test_a_reply_slower_than_the_socket_timeout_fails_and_frees_the_connec
         await client.delete(queue)
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("disconnect", ["done", "under way"])
+def test_a_write_on_a_connection_another_task_disconnects_fails_as_a_connection_error(
+    key_prefix: str, loop: str, disconnect: str
+) -> None:
+    # After a failover, a cluster client disconnects a node's pooled connections while
+    # another task may be sending on one. That send must fail as a ConnectionError (retried,
+    # or 429 at ingest), not as an AttributeError from the cleared writer or (on uvloop,
+    # which `serve` runs on) a RuntimeError from the closed transport: a crashed loop, a
+    # 500. The router's connections are the same class on one Redis and on a cluster.
+    if not REAL_REDIS_URL:
+        pytest.skip("REDIS_URL is not set: needs a real server to connect to")
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+
+    async def scenario() -> None:
+        client = open_redis(make_settings(key_prefix, redis_url=REAL_REDIS_URL))
+        conn = await client.connection_pool.get_connection()
+        try:
+            if disconnect == "done":
+                # The send passes its "connected?" check and hands the write to a task of
+                # its own; the disconnect runs, all of it, before that task does.
+                write = asyncio.create_task(
+                    conn.send_packed_command(b"PING\r\n", check_health=False)
+                )
+                await asyncio.sleep(0)
+                await conn.disconnect(nowait=True)
+            else:
+                # The disconnect has closed the transport and awaits its end before it
+                # clears the writer; a send in between finds the writer set, its transport
+                # gone.
+                conn._writer.close()  # type: ignore[union-attr]
+                await asyncio.sleep(0.1)
+                write = asyncio.create_task(
+                    conn.send_packed_command(b"PING\r\n", check_health=False)
+                )
+            with pytest.raises(RedisConnectionError):
+                await write
+        finally:
+            await client.connection_pool.release(conn)
+            await client.aclose()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(scenario())

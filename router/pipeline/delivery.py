@@ -131,7 +131,10 @@ class DeliveryWorker:
     # ------------------------------------------------------------------ loop
     async def run(self, stopping: asyncio.Event) -> None:
         """Take work until `stopping` is set, then return (call `drain` to finish up)."""
-        self.session = open_session(self.settings, self.capacity)
+        # Run again after a crash, the loop keeps its session: attempts still in flight use
+        # it, and a second one would leave the first unclosed.
+        if self.session is None or self.session.closed:
+            self.session = open_session(self.settings, self.capacity)
         await asyncio.gather(*(self._consumer(p).run(stopping) for p in self.ledger.partitions))
 
     def _consumer(self, partition: int) -> Consumer[WorkItem]:

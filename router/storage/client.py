@@ -132,6 +132,29 @@ class HiredisPacking:
         return [pack_all(commands)]
 
 
+class GuardedWrite:
+    """A write on a connection another task is disconnecting fails as a ConnectionError.
+
+    redis-py hands a write with a socket timeout to a task of its own, which runs a loop
+    iteration later; its cluster client disconnects a node's idle pooled connections after
+    a connection error there (a failover), and a connection taken from the pool meanwhile
+    reaches that task with its writer cleared, or closed and not yet cleared. redis-py 8.1
+    then raises AttributeError, or uvloop RuntimeError, which no retry or 429 handles: the
+    failover fault test crashed the dispatcher and a delivery loop with them. Checking the
+    writer and its transport with no await between the check and the write turns both into
+    the ConnectionError a dropped connection is.
+    """
+
+    _writer: asyncio.StreamWriter | None
+
+    async def _send_packed_command(self, command: Iterable[bytes]) -> None:
+        writer = self._writer
+        if writer is None or writer.transport.is_closing():
+            raise RedisConnectionError("Connection closed by another task before writing")
+        writer.writelines(command)
+        await writer.drain()
+
+
 class RoundTrips:
     """Batches of commands, each sent in one write on a connection held for the purpose.
 
@@ -452,7 +475,7 @@ class CommandRunner:
 
 
 def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
-    return type(f"Hiredis{cls.__name__}", (HiredisPacking, cls), {})
+    return type(f"Hiredis{cls.__name__}", (HiredisPacking, GuardedWrite, cls), {})
 
 
 def open_embedded() -> Redis:

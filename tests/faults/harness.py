@@ -1,10 +1,11 @@
 """Processes, load and bookkeeping for the fault suite.
 
 `Cluster` starts real `webhook-router serve`/`worker` processes, receiver processes and (for the
-Redis outage) a private `redis-server`, all with one key prefix; `burst` plays the platform
-(posting events, retrying 429s); `Ledger` reads what the receivers recorded and compares it with
-what was acknowledged: every (accepted event, entitled subscriber) pair must be there at least
-once, and nothing may reach a subscriber that is not entitled.
+Redis outage) a private `redis-server`, all with one key prefix; `RedisClusterNodes` is a Redis
+Cluster of a scenario's own, whose nodes it may kill, restart and reshard; `burst` plays the
+platform (posting events, retrying 429s); `Ledger` reads what the receivers recorded and
+compares it with what was acknowledged: every (accepted event, entitled subscriber) pair must
+be there at least once, and nothing may reach a subscriber that is not entitled.
 """
 
 from __future__ import annotations
@@ -183,6 +184,115 @@ class RedisServer:
         """SIGTERM: Redis fsyncs the AOF and exits."""
         if self.proc is not None and self.proc.alive:
             self.proc.terminate(30)
+
+
+CLUSTER_SCRIPT = HERE.parent.parent / ".ci" / "redis-cluster"
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One line of CLUSTER NODES: a node's port, id, role and (for a master) its slots."""
+
+    port: int
+    id: str
+    master: bool
+    failed: bool
+    slots: frozenset[int]
+
+
+class RedisClusterNodes:
+    """A throwaway 3-master/3-replica Redis Cluster of our own (`.ci/redis-cluster`), on the
+    first free ports from `REDIS_CLUSTER_BASE` (7100) up, that a test may SIGKILL nodes of,
+    restart them, and reshard."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        start_from = os.environ.get("REDIS_CLUSTER_BASE", "7100")
+        self.base = int(self._script("free", start_from).strip())
+        self.ports = range(self.base, self.base + 6)
+        self.started = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.base}/0"
+
+    def _script(self, *args: str) -> str:
+        done = subprocess.run(
+            [str(CLUSTER_SCRIPT), *args], capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cluster {' '.join(args)}: {done.stderr}")
+        return done.stdout
+
+    def start(self) -> None:
+        self.started = True  # a half-started cluster is still stopped
+        self._script("start", str(self.base), str(self.dir))
+
+    def stop(self) -> None:
+        if self.started:
+            self._script("stop", str(self.base), str(self.dir))
+
+    def nodes(self) -> list[ClusterNode]:
+        """The cluster as the first live node sees it."""
+        for port in self.ports:
+            done = subprocess.run(
+                ["redis-cli", "-p", str(port), "cluster", "nodes"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            if done.returncode == 0 and done.stdout.strip():
+                return [_cluster_node(line) for line in done.stdout.strip().splitlines()]
+        raise RuntimeError("no node of the cluster answers")
+
+    def master_of(self, slot: int) -> ClusterNode | None:
+        """The live master serving `slot`; None while it has none (a failover under way)."""
+        live = (n for n in self.nodes() if n.master and not n.failed and slot in n.slots)
+        return next(live, None)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node: no shutdown, no save, its clients see the connection drop."""
+        pid = int((self.dir / str(port) / "redis.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again with its old config: it rejoins, as a replica of the
+        node promoted in its place."""
+        self._script("restart", str(port), str(self.dir))
+
+    async def reshard(self, source: ClusterNode, target: ClusterNode, slots: int) -> str:
+        """`redis-cli --cluster reshard`: move `slots` slots (the source's lowest) from
+        `source` to `target`, keys and all; returns its output, raises if it fails."""
+        proc = await asyncio.create_subprocess_exec(
+            "redis-cli", "--cluster", "reshard", f"127.0.0.1:{self.base}",
+            "--cluster-from", source.id, "--cluster-to", target.id,
+            "--cluster-slots", str(slots), "--cluster-yes",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        text = out.decode(errors="replace")
+        if proc.returncode != 0:
+            raise RuntimeError(f"reshard failed ({proc.returncode}):\n{text[-3000:]}")
+        return text
+
+
+def _cluster_node(line: str) -> ClusterNode:
+    # <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slot|a-b|[migrating]>...
+    fields = line.split()
+    flags = fields[2].split(",")
+    slots: set[int] = set()
+    for spec in fields[8:]:
+        if spec.startswith("["):
+            continue  # a slot being migrated or imported: still its owner's until done
+        low, _, high = spec.partition("-")
+        slots.update(range(int(low), int(high or low) + 1))
+    return ClusterNode(
+        port=int(fields[1].split(":")[1].split("@")[0]),
+        id=fields[0],
+        master="master" in flags,
+        failed="fail" in flags or "fail?" in flags,
+        slots=frozenset(slots),
+    )
 
 
 class Cluster:
