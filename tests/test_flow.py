@@ -156,11 +156,12 @@ async def test_a_subscribers_own_retry_schedule_replaces_the_routers(
         assert event["deliveries"][0]["attempt_count"] == 4
 
 
-def _most_in_one_second(hits: list[Received]) -> int:
+def _most_within(hits: list[Received], seconds: float) -> int:
+    """The most requests the receiver saw in any window of `seconds`."""
     times = sorted(h.at for h in hits)
     most, start = 0, 0
     for end, t in enumerate(times):
-        while t - times[start] >= 1.0:
+        while t - times[start] >= seconds:
             start += 1
         most = max(most, end - start + 1)
     return most
@@ -176,7 +177,12 @@ async def test_a_rate_limit_holds_across_router_processes_under_ten_times_the_lo
         await _subscribe(first, receiver.url("/h"), rate_limit={"per_second": 20})
         await asyncio.gather(*(_publish(c) for c in (first, second) for _ in range(100)))
         hits = await receiver.wait_for("/h", 200, deadline=30)
-    assert _most_in_one_second(hits) <= 21  # 20/s + 5 %, rounded to whole requests
+    # The limiter admits at most 20/s + 5 % (21 in a second). The receiver shares this test's
+    # event loop, so on a loaded machine a stall can bunch a few admitted requests into one
+    # second: judged over 5 s (where a stall's few cannot pass 105) and, against a limiter
+    # that does not hold at all (40/s from two processes), over 1 s with that slack.
+    assert _most_within(hits, 5.0) <= 105
+    assert _most_within(hits, 1.0) <= 25
     span = max(h.at for h in hits) - min(h.at for h in hits)
     assert span >= 199 / 20 * 0.95  # throttled, not dropped: all 200 came, spaced out
 
