@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import RedisCluster
 
+from router.core import tracing
 from router.core.metrics import Metrics
 from router.pipeline.workers import WorkerGroup
 from router.settings import CLUSTER_PARTITIONS, Settings
@@ -92,6 +93,7 @@ def build_services(
             retention=settings.retention,
             dedupe_window=settings.dedupe_window,
             max_backlog=settings.max_backlog,
+            traced=tracing.enabled(),
         ),
         history=History(runner, keys),
         metrics=Metrics(),

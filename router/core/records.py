@@ -50,6 +50,7 @@ class IncomingEvent:
     body_digest: str | None  # sha256 hex of the body, when a body seen before is a duplicate
     received_at: int  # ms
     routable: bool
+    traceparent: str | None = None  # the ingest span's W3C trace context, when tracing is on
 
 
 def work_member(delivery_id: str, subscriber_id: str, event_id: str) -> str:
