@@ -101,10 +101,9 @@ def wanted(environ: Mapping[str, str]) -> bool:
     if exporter != "otlp":
         raise SettingsError(f"OTEL_TRACES_EXPORTER: {exporter!r} is not supported; use otlp")
     for name in PROTOCOL_VARIABLES:
-        protocol = environ.get(name, "").strip()
-        if protocol and protocol != PROTOCOL:
-            raise SettingsError(f"{name}: {protocol!r} is not supported; use {PROTOCOL}")
-        if protocol:
+        if protocol := environ.get(name, "").strip():
+            if protocol != PROTOCOL:
+                raise SettingsError(f"{name}: {protocol!r} is not supported; use {PROTOCOL}")
             break
     return True
 
