@@ -8,6 +8,7 @@ from functools import cached_property
 
 from redis.asyncio import RedisCluster
 
+from router.core import tracing
 from router.core.metrics import Metrics
 from router.pipeline.operational import OperationalEvents
 from router.pipeline.workers import WorkerGroup
@@ -105,6 +106,7 @@ def build_services(
             retention=settings.retention,
             dedupe_window=settings.dedupe_window,
             max_backlog=settings.max_backlog,
+            traced=tracing.enabled(),
         ),
         history=History(runner, keys),
         metrics=Metrics(),

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from router.commands.processes import add_processes_option, supervise
+from router.core import tracing
 from router.http.app import create_app
 from router.http.server import serve_until_stopped
 from router.http.verification import build_verifier
@@ -64,6 +65,7 @@ def _prepare(overrides: dict[str, Any]) -> Settings:
     configure_logging(settings)
     load_catalog(settings.catalog_path, settings.catalog_overlay)  # fail before listening
     build_verifier(settings)
+    tracing.wanted(os.environ)  # an OTEL_* value the router cannot honour stops it here
     return settings
 
 
@@ -82,6 +84,14 @@ def _use_uvloop() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _start_tracing() -> None:
+    """Traces on in the process that does the work (not in a `--processes` supervisor)."""
+    if tracing.configure():
+        names = tracing.ENDPOINT_VARIABLES
+        endpoint = next(os.environ[v] for v in names if os.environ.get(v, "").strip())
+        log.info("exporting traces over OTLP/HTTP to %s", endpoint)
 
 
 # Collections of the youngest generation every this many net container allocations (CPython's
@@ -141,6 +151,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if settings.verify == "off":
         log.warning("ROUTER_VERIFY=off: ingest is unauthenticated; anyone can post events")
     _use_uvloop()
+    _start_tracing()
 
     async def main() -> None:
         store = await connect(settings)
@@ -172,6 +183,7 @@ def worker_command(args: argparse.Namespace) -> int:
         grace = settings.delivery_timeout + 10
         return supervise(["worker"], args.processes, dict(os.environ), grace=grace)
     _use_uvloop()
+    _start_tracing()
 
     async def main() -> None:
         services = await connect_services(settings)

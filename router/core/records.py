@@ -50,6 +50,7 @@ class IncomingEvent:
     body_digest: str | None  # sha256 hex of the body, when a body seen before is a duplicate
     received_at: int  # ms
     routable: bool
+    traceparent: str | None = None  # the ingest span's W3C trace context, when tracing is on
 
 
 def work_member(delivery_id: str, subscriber_id: str, event_id: str) -> str:
@@ -82,7 +83,8 @@ class AttemptContext(NamedTuple):
     """What one attempt needs from the store; empty or None where a record is gone."""
 
     delivery: dict[str, str]  # status, attempts, schedule_index; empty: the record expired
-    event: dict[str, Any]  # body, event, location_id, company_id, received_at; empty: expired
+    # body, event, location_id, company_id, received_at (traceparent if read); empty: expired
+    event: dict[str, Any]
     subscriber: bytes | None  # the subscriber's JSON; None: deleted
     breaker: dict[str, str]  # failures, open_until; empty: closed
 

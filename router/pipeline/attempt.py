@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import aiohttp
 
 from router.core import outcome as outcomes
+from router.core import tracing
 from router.core.metrics import Metrics
 from router.core.outcome import Outcome
 from router.core.records import TERMINAL, AttemptContext, DeliveryStatus, WorkItem, resource_of
@@ -255,6 +256,7 @@ class Attempts:
             return Held(max(open_until, now + BREAKER_HOLD_MS))
         return True
 
+    @tracing.attempt_span
     async def _post(
         self,
         item: WorkItem,

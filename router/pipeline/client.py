@@ -8,6 +8,7 @@ import time
 
 import aiohttp
 
+from router.core import tracing
 from router.core.outcome import AttemptResult
 from router.core.retry import parse_retry_after
 from router.core.targets import literal_host_refusal
@@ -69,6 +70,7 @@ async def post_event(
     """
     if not allow_private and (reason := literal_host_refusal(url)):
         return AttemptResult(None, f"refused target: {reason}", 0.0, "", None)
+    tracing.inject(headers)  # the attempt's span, so the receiver's spans join the trace
     started = time.perf_counter()
     status: int | None = None
     error: str | None = None

@@ -10,7 +10,9 @@ since delivery ids are derived from (event, subscriber), re-dispatch creates not
 from __future__ import annotations
 
 import asyncio
+import time
 
+from router.core import tracing
 from router.core.metrics import Metrics
 from router.core.records import delivery_id_for, resource_of
 from router.pipeline.consumer import Consumer
@@ -111,6 +113,7 @@ class Dispatcher:
 
     async def dispatch(self, batch: list[tuple[str, str]]) -> int:
         """Create the deliveries of a batch of (entry id, event id); returns how many."""
+        started = time.time_ns()
         await self.cache.refresh()
         routing = await self.ledger.routing_fields([event_id for _, event_id in batch])
         plans: list[Plan] = []
@@ -131,5 +134,6 @@ class Dispatcher:
         # about the same resource can be attempted before these are known to come first.
         await self.ledger.enter_orders(await self._order_entries(to_order))
         created = await self.ledger.create_deliveries(plans)
+        tracing.dispatched(started, plans, routing)
         self.metrics.delivered("created").inc(created)
         return created

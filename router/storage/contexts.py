@@ -21,6 +21,7 @@ from router.storage.scripts import Command
 # What an attempt needs of its delivery record (the rest is for operators).
 DELIVERY_FIELDS = ("status", "attempts", "schedule_index")
 EVENT_FIELDS = ("body", "event", "location_id", "company_id", "received_at")
+TRACED_EVENT_FIELDS = (*EVENT_FIELDS, "traceparent")  # read only while tracing is on
 _T = TypeVar("_T")
 
 
@@ -34,14 +35,18 @@ class ContextsCall:
     commands: list[Command]
 
 
-def contexts_call(keys: RouterKeys, subscribers_hash: str, items: list[WorkItem]) -> ContextsCall:
+def contexts_call(
+    keys: RouterKeys, subscribers_hash: str, items: list[WorkItem], *, traced: bool = False
+) -> ContextsCall:
     """The reads for `items`: per item its delivery; per event, subscriber and breaker once;
-    the subscribers all in one HMGET of the registry's hash."""
+    the subscribers all in one HMGET of the registry's hash. `traced`: the events' trace
+    contexts too."""
     subs = list(dict.fromkeys(item.subscriber_id for item in items))
     event_ids = list(dict.fromkeys(item.event_id for item in items))
+    event_fields = TRACED_EVENT_FIELDS if traced else EVENT_FIELDS
     commands: list[Command] = [
         *(("HMGET", keys.delivery(item.delivery_id), *DELIVERY_FIELDS) for item in items),
-        *(("HMGET", keys.event(event_id), *EVENT_FIELDS) for event_id in event_ids),
+        *(("HMGET", keys.event(event_id), *event_fields) for event_id in event_ids),
         ("HMGET", subscribers_hash, *subs),
         *(("HGETALL", keys.breaker(sub)) for sub in subs),
     ]
@@ -63,16 +68,20 @@ def _decoded(decode: Callable[[Any], _T], raw: Any) -> _T | Exception:
 
 
 def _event_fields(row: list[bytes | None]) -> dict[str, Any]:
-    """An event's fields for an attempt (HMGET of EVENT_FIELDS); empty if it expired."""
+    """An event's fields for an attempt (HMGET of EVENT_FIELDS, or TRACED_EVENT_FIELDS);
+    empty if it expired."""
     if row[0] is None:
         return {}
-    return {
+    fields = {
         "body": row[0],
         "event": _text(row[1]),
         "location_id": _text(row[2]),
         "company_id": _text(row[3]),
         "received_at": int(row[4] or 0),
     }
+    if len(row) > len(EVENT_FIELDS):
+        fields["traceparent"] = _text(row[-1])
+    return fields
 
 
 def _delivery_fields(row: list[bytes | None]) -> dict[str, str]:

@@ -55,7 +55,7 @@ class Overloaded(Exception):
 
 # A dispatch plan: (events-stream entry id, event id, event name, entitled subscriber ids).
 Plan = tuple[str, str, str, Sequence[str]]
-RoutingFields = dict[str, str | None]  # event, location_id, company_id
+RoutingFields = dict[str, str | None]  # event, location_id, company_id (traceparent if traced)
 
 
 def _text(value: bytes | None) -> str | None:
@@ -78,7 +78,9 @@ class Ledger:
         retention: int,
         dedupe_window: int,
         max_backlog: int,
+        traced: bool = False,
     ) -> None:
+        """`traced`: dispatch and attempts read each event's stored trace context too."""
         self.runner = runner
         self.redis = redis = runner.redis
         self.keys = keys
@@ -86,6 +88,10 @@ class Ledger:
         self.retention = retention
         self.dedupe_window = dedupe_window
         self.max_backlog = max_backlog
+        self.traced = traced
+        self._routing_fields = ("event", "location_id", "company_id") + (
+            ("traceparent",) if traced else ()
+        )
         self.partitions = keys.all_partitions()
         # Each partition's share of the backlog bound.
         self._backlog_share = math.ceil(max_backlog / keys.partitions)
@@ -185,16 +191,22 @@ class Ledger:
         return [(entry, value.decode()) for entry, value in raw]
 
     async def routing_fields(self, event_ids: Sequence[str]) -> list[RoutingFields | None]:
-        """For each event: its name, location and company (None if it has expired)."""
+        """For each event: its name, location and company, and its trace context if the
+        ledger is `traced` (None if it has expired)."""
         rows = await self.runner.run(
-            [("HMGET", self.keys.event(e), "event", "location_id", "company_id") for e in event_ids]
+            [("HMGET", self.keys.event(e), *self._routing_fields) for e in event_ids]
         )
-        return [
+        found: list[RoutingFields | None] = [
             None
             if event is None
             else {"event": event.decode(), "location_id": _text(loc), "company_id": _text(co)}
-            for event, loc, co in rows
+            for event, loc, co, *_ in rows
         ]
+        if self.traced:
+            for fields, row in zip(found, rows, strict=True):
+                if fields is not None:
+                    fields["traceparent"] = _text(row[3])
+        return found
 
     async def create_deliveries(self, plans: Sequence[Plan]) -> int:
         """For each plan: one pending delivery per subscriber that has none yet for the
@@ -245,7 +257,9 @@ class Ledger:
         return await self._context_batch(items)
 
     async def _context_batch(self, items: list[WorkItem]) -> list[AttemptContext | Exception]:
-        call = contexts.contexts_call(self.keys, self.subscriber_keys.subscribers, items)
+        call = contexts.contexts_call(
+            self.keys, self.subscriber_keys.subscribers, items, traced=self.traced
+        )
         replies = await self.runner.run(call.commands, raise_on_error=False)
         return contexts.parse_contexts(call, replies)
 

@@ -23,6 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 
+from router.core import tracing
 from router.core.records import EventStatus, IncomingEvent
 from router.http.context import CATALOG, LEDGER, METRICS, REFUSALS, SETTINGS, VERIFIER
 from router.http.errors import ApiError, bad_request, too_many_requests, validation_failed
@@ -155,6 +156,7 @@ class _Unauthenticated(ApiError):
         self.reason = refusal.reason
 
 
+@tracing.ingest_span
 async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
     app = request.app
     try:
@@ -226,6 +228,7 @@ async def _accept(request: web.Request, path_event: str | None) -> web.Response:
         body_digest=body_digest,
         received_at=now_ms(),
         routable=catalog.required_scope(event_name) is not None,
+        traceparent=tracing.traceparent(),
     )
     try:
         status, event_id = await ledger.accept(incoming)

@@ -15,17 +15,18 @@ from router.storage.scripts import Command, Script
 # KEYS: events stream, stats, event index, then per event: its hash, its webhook-id dedupe
 # key, its body dedupe key. ARGV: retention, dedupe window, max backlog, then per event
 # (STRIDE values): id, body, event, payload type, location, company, webhook id ('' = none),
-# received at, status ('accepted'/'unroutable'), whether its body digest counts ('1'/'').
+# received at, status ('accepted'/'unroutable'), whether its body digest counts ('1'/''), W3C
+# traceparent ('' = none: tracing is off).
 # Returns (status, event id) per event: the original's id for a duplicate, 'overloaded', or
 # the error message of an event whose own writes failed (`pcall`: not its batch's).
-STRIDE = 10
+STRIDE = 11
 SCRIPT = Script(
     "accept",
     """
 local out = {}
 local backlog = redis.call('XLEN', KEYS[1])
 local function accept(i)
-  local a = 3 + 10 * i
+  local a = 3 + 11 * i
   local event_key, webhook_key, body_key = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
   local id, webhook, status, by_body = ARGV[a + 1], ARGV[a + 7], ARGV[a + 9], ARGV[a + 10]
   local prior = false
@@ -39,6 +40,7 @@ local function accept(i)
   redis.call('HSET', event_key, 'body', ARGV[a + 2], 'event', ARGV[a + 3],
     'payload_type', ARGV[a + 4], 'location_id', ARGV[a + 5], 'company_id', ARGV[a + 6],
     'webhook_id', webhook, 'received_at', ARGV[a + 8], 'status', status)
+  if ARGV[a + 11] ~= '' then redis.call('HSET', event_key, 'traceparent', ARGV[a + 11]) end
   redis.call('EXPIRE', event_key, ARGV[1])
   redis.call('ZADD', KEYS[3], 0, id)
   if webhook ~= '' then redis.call('SET', webhook_key, id, 'EX', ARGV[2]) end
@@ -91,6 +93,7 @@ def _event_args(keys: RouterKeys, partition: int, e: IncomingEvent) -> tuple[lis
         e.received_at,
         status.value.encode(),
         b"1" if e.body_digest else b"",
+        (e.traceparent or "").encode(),
     ]
     return own_keys, args
 
