@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from router.http.errors import error_response
@@ -27,22 +27,40 @@ from router.logs import safe_traceback
 log = logging.getLogger("router.server")
 
 
+# What a client's malformed request raises in aiohttp: named in one line, no traceback.
+_CLIENT_ERRORS = (HttpProcessingError, RequestPayloadError)
+
+
 class ConnectionLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """What aiohttp's connection handlers log through (`handler_args={"logger": ...}`, so
-    every server of the app uses it, test servers included): a parse error is one line
-    naming its kind; any other exception keeps its frames, its text withheld."""
+    every server of the app uses it, test servers included): a client's malformed request
+    is one warning naming its kind; any other exception keeps its frames, its text
+    withheld."""
 
     def __init__(self) -> None:
         super().__init__(logging.getLogger("router.server"), {})
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if exc is True:
+            exc = sys.exc_info()[1]
+        if isinstance(exc, _CLIENT_ERRORS):
+            # A body the client framed or encoded wrongly, met again when the connection
+            # discards what is left of it: the client's error, not an error of the service.
+            level = min(level, logging.WARNING)
+        super().log(level, msg, *args, **kwargs)
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         exc = kwargs.pop("exc_info", None)
         if exc is True:
             exc = sys.exc_info()[1]
-        if isinstance(exc, HttpProcessingError):
+        if isinstance(exc, _CLIENT_ERRORS):
             msg = f"{msg} ({type(exc).__name__})"
         elif isinstance(exc, BaseException):
-            msg = f"{msg}\n{safe_traceback((type(exc), exc, exc.__traceback__))}"
+            # The traceback joins the format string: a `%` in a quoted source line would
+            # otherwise break the record (and logging then prints it raw to stderr).
+            trace = safe_traceback((type(exc), exc, exc.__traceback__)).replace("%", "%%")
+            msg = f"{msg}\n{trace}"
         return msg, kwargs
 
 
@@ -74,6 +92,16 @@ class EnvelopeRequestHandler(RequestHandler):
         response = error_response(status, text)
         response.force_close()
         return response
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """An HTTP error raised outside the app's middleware (aiohttp answers an `Expect`
+        header on a path no route declares before any middleware runs) is aiohttp's
+        `text/plain` quoting the request; here it is the envelope."""
+        if isinstance(resp, web.HTTPException) and resp.status >= 400:
+            resp = error_response(resp.status, resp.reason)
+        return await super().finish_response(request, resp, start_time)
 
 
 class _EnvelopeServer(web.Server):
