@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.core.records import DeliveryStatus
 from router.http.context import HISTORY, SUBSCRIBERS
-from router.http.errors import conflict, not_found, validation_failed
+from router.http.errors import conflict, not_found
 from router.http.operations import Resource
 
 resource = Resource("deliveries")
@@ -88,8 +89,9 @@ class Requeued(BaseModel):
 
 class ReplayRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    status: DeliveryStatus = Field(
-        default=DeliveryStatus.dead, description="Replay the deliveries in this state"
+    # Not `pending`: those are queued already, so the document does not offer it.
+    status: Literal["succeeded", "failed", "dead", "skipped"] = Field(
+        default="dead", description="Replay the deliveries in this state"
     )
     since: datetime | None = Field(
         default=None, description="Only deliveries of events received at or after this time"
@@ -167,10 +169,10 @@ async def replay(request: web.Request, body: ReplayRequest) -> Requeued:
     subscriber_id = request.match_info["subscriber_id"]
     if await request.app[SUBSCRIBERS].get(subscriber_id) is None:
         raise not_found(f"Subscriber {subscriber_id}")
-    if body.status is DeliveryStatus.pending:
-        raise validation_failed([("status", "pending deliveries are already queued")])
     since = body.since.replace(tzinfo=body.since.tzinfo or UTC) if body.since else None
     since_ms = int(since.timestamp() * 1000) if since else None
     return Requeued(
-        requeued=await request.app[HISTORY].replay(subscriber_id, body.status, since_ms)
+        requeued=await request.app[HISTORY].replay(
+            subscriber_id, DeliveryStatus(body.status), since_ms
+        )
     )
