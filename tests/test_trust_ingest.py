@@ -600,6 +600,11 @@ MALFORMED = [
         b"Connection: close\r\n\r\n{}",
         id="expect-unknown-route",
     ),
+    pytest.param(
+        b"PUT /no-such-route HTTP/1.1\r\nHost: x\r\nExpect: \xfe{t}\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\n{}",
+        id="expect-not-utf8-unknown-route",
+    ),
     # A body aiohttp cannot decode surfaces when the handler reads it, not while parsing.
     pytest.param(
         b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

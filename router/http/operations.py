@@ -181,14 +181,21 @@ class Resource:
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     """The `Expect` header, answered before the route's middleware run (aiohttp calls this
-    first). aiohttp's default answers anything but `100-continue` in `text/plain`, quoting
-    the header, and fails with a 500 when the header is not UTF-8; here it is a 417 in the
-    envelope that quotes nothing."""
-    if request.version != HttpVersion11:
-        return None
-    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+    first): `100-continue` as aiohttp does, anything else `unmet_expectation`."""
+    if (refused := unmet_expectation(request)) is not None:
+        return refused
+    if request.version == HttpVersion11:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the response proper has not started
+    return None
+
+
+def unmet_expectation(request: web.BaseRequest) -> web.Response | None:
+    """417 in the envelope, quoting nothing, for an HTTP/1.1 `Expect` other than
+    `100-continue`; None otherwise. (aiohttp's default answers it in `text/plain` quoting
+    the header, and fails with a 500 when the header is not UTF-8.)"""
+    expect = request.headers.get(hdrs.EXPECT)
+    if request.version != HttpVersion11 or not expect or expect.lower() == "100-continue":
         return None
     return error_response(417, "Expect: only 100-continue is supported")
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +22,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from router.http.errors import error_response
+from router.http.operations import unmet_expectation
 from router.logs import safe_traceback
 
 log = logging.getLogger("router.server")
@@ -93,20 +94,25 @@ class EnvelopeRequestHandler(RequestHandler):
         response.force_close()
         return response
 
-    async def finish_response(
-        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
-    ) -> tuple[web.StreamResponse, bool]:
-        """An HTTP error raised outside the app's middleware (aiohttp answers an `Expect`
-        header on a path no route declares before any middleware runs) is aiohttp's
-        `text/plain` quoting the request; here it is the envelope."""
-        if isinstance(resp, web.HTTPException) and resp.status >= 400:
-            resp = error_response(resp.status, resp.reason)
-        return await super().finish_response(request, resp, start_time)
-
 
 class _EnvelopeServer(web.Server):
     def __call__(self) -> RequestHandler:
         return EnvelopeRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+_Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def _expectation_first(handler: _Handler) -> _Handler:
+    """`handler` (the app's), refusing an unmet `Expect` before routing: on a path no route
+    declares, aiohttp's own expect handler would answer it."""
+
+    async def handle(request: BaseRequest) -> web.StreamResponse:
+        if (refused := unmet_expectation(request)) is not None:
+            return refused
+        return await handler(request)
+
+    return handle
 
 
 class RouterRunner(web.AppRunner):
@@ -115,8 +121,9 @@ class RouterRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # The same object, built by aiohttp with all its settings; only how it makes each
-        # connection's handler changes.
+        # connection's handler, and what runs before the app, change.
         server.__class__ = _EnvelopeServer
+        server.request_handler = _expectation_first(server.request_handler)
         return server
 
 
