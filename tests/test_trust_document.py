@@ -195,3 +195,35 @@ async def test_replay_documents_only_the_states_it_takes(client: TestClient) -> 
     )
     assert resp.status == 422
     assert (await resp.json())["errors"][0]["extensions"]["field"] == "status"
+
+
+# ---------------------------------------------------------------- an optional body
+
+
+async def test_a_body_with_no_required_field_is_documented_as_optional(
+    client: TestClient,
+) -> None:
+    document = await document_of(client)
+    optional = {
+        (method, path)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if "requestBody" in operation and not operation["requestBody"]["required"]
+    }
+    assert optional == {
+        ("patch", "/v1/subscribers/{subscriber_id}"),
+        ("post", "/v1/subscribers/{subscriber_id}/grants"),
+        ("post", "/v1/subscribers/{subscriber_id}/replay"),
+    }
+    created = await client.post(
+        "/v1/subscribers", json=body("http://receiver.example/hook"), headers=HEADERS
+    )
+    sub_id = (await created.json())["id"]
+    for method, path in sorted(optional):
+        resp = await client.request(
+            method, path.replace("{subscriber_id}", sub_id), headers=HEADERS
+        )
+        assert resp.status < 300, (method, path, await resp.text())
+    for path in ("/v1/subscribers", "/v1/api-keys"):  # required fields: a body is required
+        resp = await client.post(path, headers=HEADERS)
+        assert resp.status == 422

@@ -192,7 +192,10 @@ def _operation(
     body = op.body or op.documented_body
     if body is not None:
         document["requestBody"] = {
-            "required": True,
+            # A parsed body may be left out (it reads as `{}`) when none of its fields is
+            # required; a body the handler reads itself (ingest) never may.
+            "required": op.body is None
+            or any(field.is_required() for field in body.model_fields.values()),
             "content": {"application/json": {"schema": refs[(body, "validation")]}},
         }
     document["responses"] = _responses(op, refs)
