@@ -195,6 +195,18 @@ async def test_replay_documents_only_the_states_it_takes(client: TestClient) -> 
     )
     assert resp.status == 422
     assert (await resp.json())["errors"][0]["extensions"]["field"] == "status"
+    # `since` is documented as a date-time string; a number is not one.
+    for since in (0, 1764800000, 1.5):
+        resp = await client.post(
+            f"/v1/subscribers/{sub_id}/replay", json={"since": since}, headers=HEADERS
+        )
+        assert resp.status == 422, since
+    resp = await client.post(
+        f"/v1/subscribers/{sub_id}/replay",
+        json={"since": "2026-01-01T00:00:00Z"},
+        headers=HEADERS,
+    )
+    assert resp.status == 202
 
 
 # ---------------------------------------------------------------- an optional body

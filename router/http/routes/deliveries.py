@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from router.core.records import DeliveryStatus
 from router.http.context import HISTORY, SUBSCRIBERS
@@ -87,13 +87,20 @@ class Requeued(BaseModel):
     requeued: int
 
 
+def _no_number(value: object) -> object:
+    # The document says an RFC 3339 string; pydantic would read a number as Unix time.
+    if isinstance(value, int | float):
+        raise ValueError("must be an RFC 3339 date-time string")
+    return value
+
+
 class ReplayRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # Not `pending`: those are queued already, so the document does not offer it.
     status: Literal["succeeded", "failed", "dead", "skipped"] = Field(
         default="dead", description="Replay the deliveries in this state"
     )
-    since: datetime | None = Field(
+    since: Annotated[datetime, BeforeValidator(_no_number)] | None = Field(
         default=None, description="Only deliveries of events received at or after this time"
     )
 
