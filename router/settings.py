@@ -20,6 +20,8 @@ CLUSTER_PARTITIONS = 16
 MAX_PARTITIONS = 1024
 # A bootstrap token holds every scope: one short enough to guess is no protection.
 MIN_ADMIN_TOKEN = 16
+# An `Authorization` header must fit aiohttp's 8190-byte header line.
+MAX_ADMIN_TOKEN = 4096
 
 
 class SettingsError(Exception):
@@ -40,8 +42,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535, description="Port `serve` listens on.")
     admin_token: SecretStr | None = Field(
         default=None,
-        description=f"Bootstrap operator token with every scope (at least {MIN_ADMIN_TOKEN} "
-        "characters); unset: one is generated and printed at start.",
+        description=f"Bootstrap operator token with every scope ({MIN_ADMIN_TOKEN} to "
+        f"{MAX_ADMIN_TOKEN} visible ASCII characters); unset: one is generated and printed at "
+        "start.",
     )
     catalog_path: Path | None = Field(
         default=None,
@@ -175,8 +178,14 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty; unset it to have a token generated")
         if token != token.strip() or any(not c.isprintable() for c in token):
             raise ValueError("must not contain spaces at either end or control characters")
+        if not all("!" <= c <= "~" for c in token):
+            # HTTP clients disagree on how to send anything else in a header (UTF-8,
+            # Latin-1, or not at all), so such a token works from some clients only.
+            raise ValueError("must be visible ASCII characters only (no spaces, no accents)")
         if len(token) < MIN_ADMIN_TOKEN:
             raise ValueError(f"must be at least {MIN_ADMIN_TOKEN} characters long")
+        if len(token) > MAX_ADMIN_TOKEN:
+            raise ValueError(f"must be at most {MAX_ADMIN_TOKEN} characters long")
         return value
 
     @field_validator("public_urls", mode="before")

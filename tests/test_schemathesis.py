@@ -9,9 +9,10 @@ checks (one it forbids is refused) run on every operation, but for the known gap
 Catalog names are enums of the app's own catalog and the subscriber URL rule is a pattern, so
 the document states what the server enforces. What no schema can state is a refusal that
 depends on the network: a URL whose host resolves to an internal address (the SSRF guard), or
-to the router's own listen address. The app here allows private targets, as every test app
-does, so only the second remains, and only for a generated URL on its listen port; the fixed
-seed generates none. Nor can a schema state that a value names a stored record: an API key's
+to the router's own listen address. The app here runs with the production default, private
+targets refused (its document then takes receivers by DNS name only), as `webhook-router
+serve` does; the generated names resolve to nothing here, and the fixed seed generates none
+on its port. Nor can a schema state that a value names a stored record: an API key's
 `subscriber_id` must name a subscriber that exists (422 naming the field otherwise, as issue
 17 asks), so positive-data acceptance is off for `POST /v1/api-keys`; nor that one field comes
 after another or within the retention of now, so it is off for a backfill's window too. A
@@ -88,7 +89,8 @@ class ServedApp:
             self._redis = Redis.from_url(REAL_REDIS_URL)
         else:
             self._redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-        app = create_app(make_settings(self.key_prefix), redis=self._redis)
+        settings = make_settings(self.key_prefix, allow_private_targets=False)
+        app = create_app(settings, redis=self._redis)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

@@ -11,6 +11,11 @@ import base64
 import hmac
 from functools import lru_cache
 
+USER_AGENT = "webhook-router/0.1"
+# The headers only a router's delivery carries (beside the Standard Webhooks ones, which the
+# platform could send too). An incoming request with any of them was delivered by a router.
+ROUTER_HEADERS = ("X-Router-Event", "X-Router-Event-Id", "X-Router-Attempt")
+
 
 @lru_cache(maxsize=4096)
 def _key(secret: str) -> bytes:
@@ -45,7 +50,7 @@ def delivery_headers(
     """Every header of one delivery attempt. `msg_id` must be stable across attempts."""
     return {
         "Content-Type": "application/json",
-        "User-Agent": "webhook-router/0.1",
+        "User-Agent": USER_AGENT,
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signature_header(msg_id, timestamp, body, secrets),

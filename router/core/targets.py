@@ -37,7 +37,14 @@ _LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # The last label may not be a number (decimal, or 0x hex): the C library and browsers would
 # read the whole name as an IPv4 address in one of its odd spellings.
 _END_OF_HOST = "(?:[:/?]|$)"
-_DNS_NAME = rf"(?:{_LABEL}\.)*(?![0-9]+{_END_OF_HOST})(?!0[xX]{_HEX}*{_END_OF_HOST}){_LABEL}"
+MAX_HOST = 253
+_DNS_NAME = (
+    rf"(?=[^:/?]{{1,{MAX_HOST}}}{_END_OF_HOST})"  # no name resolves beyond DNS's 253
+    rf"(?:{_LABEL}\.)*(?![0-9]+{_END_OF_HOST})(?!0[xX]{_HEX}*{_END_OF_HOST}){_LABEL}"
+)
+# RFC 6761: `localhost` and every name under it are loopback, whatever DNS says.
+_LOCALHOST = "[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt]"
+_NOT_LOCALHOST = rf"(?!(?:[^:/?]*\.)?{_LOCALHOST}{_END_OF_HOST})"
 # An IPv6 address as Python's `ipaddress` (and so yarl) writes it: lower-case hex groups
 # without leading zeros, and the longest run of two or more zero groups (the leftmost on a
 # tie) written as "::". Exactly those spellings match, so none is rewritten by the client.
@@ -76,15 +83,32 @@ _PERCENT_ESCAPE = f"%{_HEX}{{2}}"
 _PATH = f"/(?:{_URI_CHAR}|{_PERCENT_ESCAPE})*"
 _QUERY = rf"\?(?:{_URI_CHAR}|\?|{_PERCENT_ESCAPE})*"
 
-URL_PATTERN = (
-    f"^[Hh][Tt][Tt][Pp][Ss]?://(?:{_IPV4}|{_DNS_NAME}|{_IPV6})(?::{_PORT})?"
-    f"(?:{_PATH})?(?:{_QUERY})?$"
-)
-"""Every subscriber URL the router accepts matches this (ECMA-262 and Python alike), and
-every string that matches is accepted unless its host resolves to a refused address or to
-the router itself (which no pattern can know)."""
+
+def _url_with_host(host: str) -> str:
+    return f"^[Hh][Tt][Tt][Pp][Ss]?://(?:{host})(?::{_PORT})?(?:{_PATH})?(?:{_QUERY})?$"
+
+
+URL_PATTERN = _url_with_host(f"{_IPV4}|{_DNS_NAME}|{_IPV6}")
+"""Every subscriber URL the router accepts with `ROUTER_ALLOW_PRIVATE_TARGETS` matches this
+(ECMA-262 and Python alike), and every string that matches is accepted unless its host
+resolves to the router itself (which no pattern can know)."""
+
+PUBLIC_URL_PATTERN = _url_with_host(f"{_NOT_LOCALHOST}{_DNS_NAME}")
+"""The same with private targets refused (the default): the host is a DNS name, not
+`localhost` or a name under it. An address literal is refused then, public or not: which
+addresses are internal cannot be told in a pattern a client can check, and a receiver has a
+name. Every matching URL is accepted unless its host resolves to an internal address or to
+the router itself."""
 
 _URL = re.compile(URL_PATTERN)
+_PUBLIC_URL = re.compile(PUBLIC_URL_PATTERN)
+
+
+def url_pattern(allow_private: bool) -> str:
+    """The subscriber URL rule for a router with `allow_private` targets, as a regex."""
+    return URL_PATTERN if allow_private else PUBLIC_URL_PATTERN
+
+
 _PORT_RE = re.compile(_PORT)
 _LABEL_RE = re.compile(_LABEL)
 _NUMERIC_LABEL = re.compile(f"[0-9]+|0[xX]{_HEX}*")
@@ -161,6 +185,8 @@ def _host_refusal(host: str) -> str | None:
     labels = host.split(".")
     if _NUMERIC_LABEL.fullmatch(labels[-1]):
         return _ipv4_refusal(host)
+    if len(host) > MAX_HOST:
+        return f"host must be a DNS name of at most {MAX_HOST} characters"
     for label in labels:
         if not _LABEL_RE.fullmatch(label):
             return (
@@ -197,6 +223,24 @@ def _ipv6_refusal(host: str) -> str | None:
         return f"host {host} is the IPv4 address {ip.ipv4_mapped}: write {ip.ipv4_mapped}"
     if "." in literal or ip.compressed != literal.lower():
         return f"host {host} must be written in its canonical form [{ip.compressed}]"
+    return None
+
+
+def public_url_refusal(url: str) -> str | None:
+    """Why `url` (one `url_shape_refusal` accepts) is not a target when private targets are
+    refused, before asking DNS: its host is an internal address, any other address literal,
+    or `localhost`. None exactly when `PUBLIC_URL_PATTERN` matches."""
+    host = URL(url).raw_host or ""
+    address = host_address(host)
+    if address is not None:
+        return address_refusal(str(address)) or (
+            f"host {host} is an IP address: name the receiver by DNS (address literals are "
+            "taken only with ROUTER_ALLOW_PRIVATE_TARGETS)"
+        )
+    if host == "localhost" or host.endswith(".localhost"):
+        return f"host {host} is loopback (so is every name under localhost)"
+    if not _PUBLIC_URL.fullmatch(url):
+        return "is not in a form the router can deliver to unchanged"
     return None
 
 

@@ -70,7 +70,11 @@ def create_app(
     app[REFUSALS] = RefusalMonitor(on_failing=announce_failing(services.operations))
     for resource in RESOURCES:
         resource.add_routes(app)
-    app[OPENAPI] = orjson.dumps(build_openapi(RESOURCES, services.catalog))
+    app[OPENAPI] = orjson.dumps(
+        build_openapi(
+            RESOURCES, services.catalog, allow_private_targets=settings.allow_private_targets
+        )
+    )
     if run_workers:
         app.cleanup_ctx.append(_workers(services))
     # First in, last out: Redis closes only after the workers have stopped.

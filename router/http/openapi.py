@@ -7,7 +7,9 @@ because both come from the same `RESOURCES`.
 
 Each app serves the document of its own scope catalog: a field marked with `catalog_names`
 (a platform scope, an event name) is listed with the catalog's names as its `enum`, so a
-client generated from the document cannot build a name the server would refuse.
+client generated from the document cannot build a name the server would refuse. Likewise a
+field marked `subscriber_url` gets the URL rule of the app's own settings as its `pattern`
+(address literals only where private targets are allowed).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from router.core.targets import url_pattern
 from router.core.text import JsonSchemaExtra
 from router.http.errors import ErrorEnvelope
 from router.http.operations import ANY_TOKEN, Operation, Resource
@@ -39,6 +42,7 @@ JsonMode = Literal["validation", "serialization"]
 CatalogNames = Literal["scopes", "events", "events and aliases"]
 
 _CATALOG_NAMES = "x-catalog-names"  # replaced by the catalog's names; never served
+_SUBSCRIBER_URL = "x-subscriber-url"  # replaced by the URL rule's pattern; never served
 
 
 def catalog_names(kind: CatalogNames) -> JsonSchemaExtra:
@@ -48,9 +52,21 @@ def catalog_names(kind: CatalogNames) -> JsonSchemaExtra:
     return JsonSchemaExtra(((_CATALOG_NAMES, kind),))
 
 
-def build_openapi(resources: Iterable[Resource], catalog: Catalog | None = None) -> dict[str, Any]:
+def subscriber_url() -> JsonSchemaExtra:
+    """Marks a string as a subscriber URL (for `Annotated`): the document states the rule
+    the handler applies for the app's `ROUTER_ALLOW_PRIVATE_TARGETS` as its `pattern`."""
+    return JsonSchemaExtra(((_SUBSCRIBER_URL, True),))
+
+
+def build_openapi(
+    resources: Iterable[Resource],
+    catalog: Catalog | None = None,
+    *,
+    allow_private_targets: bool = False,
+) -> dict[str, Any]:
     """The OpenAPI 3.1 document for every operation of `resources`, naming the scopes and
-    events of `catalog` (default: the shipped one) wherever one is taken.
+    events of `catalog` (default: the shipped one) wherever one is taken, and the subscriber
+    URL rule for `allow_private_targets`.
 
     Raises ValueError if two handlers share a name (operationIds must be unique).
     """
@@ -58,6 +74,7 @@ def build_openapi(resources: Iterable[Resource], catalog: Catalog | None = None)
     operations = [op for r in resource_list for op in r.operations if op.documented]
     refs, schemas = _schemas(operations)
     _list_catalog_names(schemas, catalog or load_catalog())
+    _state_url_rule(schemas, url_pattern(allow_private_targets))
     paths: dict[str, dict[str, Any]] = {}
     seen_ids: set[str] = set()
     for op in operations:
@@ -119,6 +136,18 @@ def _list_catalog_names(node: Any, catalog: Catalog) -> None:
             _list_catalog_names(value, catalog)
 
 
+def _state_url_rule(node: Any, pattern: str) -> None:
+    """Turn every `subscriber_url` mark under `node` into `pattern`, in place."""
+    if isinstance(node, dict):
+        if node.pop(_SUBSCRIBER_URL, None):
+            node["pattern"] = pattern
+        for value in node.values():
+            _state_url_rule(value, pattern)
+    elif isinstance(node, list):
+        for value in node:
+            _state_url_rule(value, pattern)
+
+
 def _component(ref: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
     return schemas[ref["$ref"].removeprefix(REF_TEMPLATE.format(model=""))]
 
@@ -163,7 +192,10 @@ def _operation(
     body = op.body or op.documented_body
     if body is not None:
         document["requestBody"] = {
-            "required": True,
+            # A parsed body may be left out (it reads as `{}`) when none of its fields is
+            # required; a body the handler reads itself (ingest) never may.
+            "required": op.body is None
+            or any(field.is_required() for field in body.model_fields.values()),
             "content": {"application/json": {"schema": refs[(body, "validation")]}},
         }
     document["responses"] = _responses(op, refs)

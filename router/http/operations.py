@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel
 
 from router.http.context import SETTINGS
-from router.http.errors import ApiError, bad_request
+from router.http.errors import ApiError, bad_request, error_response
 
 HandlerFn = Callable[..., Awaitable[BaseModel | web.StreamResponse]]
 
@@ -80,13 +82,23 @@ async def read_body(request: web.Request) -> bytes:
     limit = settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body is larger than {limit} bytes")
-    if request.content.is_eof():  # already buffered in full (the common, small case)
-        return await request.read()
     try:
+        if request.content.is_eof():  # already buffered in full (the common, small case)
+            return await request.read()
         async with asyncio.timeout(settings.client_timeout):
             return await request.read()
     except TimeoutError:
         raise ApiError(408, "REQUEST_TIMEOUT", "Request body not received in time") from None
+    except (HttpProcessingError, RequestPayloadError):
+        # A body the HTTP layer cannot decode (a corrupt `Content-Encoding: gzip` stream, a
+        # broken chunk): the client's error, not ours.
+        raise bad_request(
+            "Request body could not be decoded (Content-Encoding or framing)"
+        ) from None
+    except ConnectionError:
+        # The client left before sending the whole body. Nobody reads this answer; it must
+        # not be reported (or counted) as the store being unavailable.
+        raise bad_request("Request body incomplete: the connection closed") from None
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -185,7 +197,28 @@ class Resource:
 
     def add_routes(self, app: web.Application) -> None:
         for op, handle in zip(self.operations, self._handlers, strict=True):
-            app.router.add_route(op.method, op.path, handle)
+            app.router.add_route(op.method, op.path, handle, expect_handler=expect_continue)
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """The `Expect` header, answered before the route's middleware run (aiohttp calls this
+    first): `100-continue` as aiohttp does, anything else `unmet_expectation`."""
+    if (refused := unmet_expectation(request)) is not None:
+        return refused
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
+    return None
+
+
+def unmet_expectation(request: web.BaseRequest) -> web.Response | None:
+    """417 in the envelope, quoting nothing, for an HTTP/1.1 `Expect` other than
+    `100-continue`; None otherwise. (aiohttp's default answers it in `text/plain` quoting
+    the header, and fails with a 500 when the header is not UTF-8.)"""
+    expect = request.headers.get(hdrs.EXPECT)
+    if request.version != HttpVersion11 or not expect or expect.lower() == "100-continue":
+        return None
+    return error_response(417, "Expect: only 100-continue is supported")
 
 
 def operation_of(request: web.Request) -> Operation | None:

@@ -13,36 +13,55 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from router.http.errors import error_response
+from router.http.operations import unmet_expectation
 from router.logs import safe_traceback
 
 log = logging.getLogger("router.server")
 
 
+# What a client's malformed request raises in aiohttp: named in one line, no traceback.
+_CLIENT_ERRORS = (HttpProcessingError, RequestPayloadError)
+
+
 class ConnectionLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """What aiohttp's connection handlers log through (`handler_args={"logger": ...}`, so
-    every server of the app uses it, test servers included): a parse error is one line
-    naming its kind; any other exception keeps its frames, its text withheld."""
+    every server of the app uses it, test servers included): a client's malformed request
+    is one warning naming its kind; any other exception keeps its frames, its text
+    withheld."""
 
     def __init__(self) -> None:
         super().__init__(logging.getLogger("router.server"), {})
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if exc is True:
+            exc = sys.exc_info()[1]
+        if isinstance(exc, _CLIENT_ERRORS):
+            # A body the client framed or encoded wrongly, met again when the connection
+            # discards what is left of it: the client's error, not an error of the service.
+            level = min(level, logging.WARNING)
+        super().log(level, msg, *args, **kwargs)
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         exc = kwargs.pop("exc_info", None)
         if exc is True:
             exc = sys.exc_info()[1]
-        if isinstance(exc, HttpProcessingError):
+        if isinstance(exc, _CLIENT_ERRORS):
             msg = f"{msg} ({type(exc).__name__})"
         elif isinstance(exc, BaseException):
-            msg = f"{msg}\n{safe_traceback((type(exc), exc, exc.__traceback__))}"
+            # The traceback joins the format string: a `%` in a quoted source line would
+            # otherwise break the record (and logging then prints it raw to stderr).
+            trace = safe_traceback((type(exc), exc, exc.__traceback__)).replace("%", "%%")
+            msg = f"{msg}\n{trace}"
         return msg, kwargs
 
 
@@ -81,14 +100,30 @@ class _EnvelopeServer(web.Server):
         return EnvelopeRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
+_Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def _expectation_first(handler: _Handler) -> _Handler:
+    """`handler` (the app's), refusing an unmet `Expect` before routing: on a path no route
+    declares, aiohttp's own expect handler would answer it."""
+
+    async def handle(request: BaseRequest) -> web.StreamResponse:
+        if (refused := unmet_expectation(request)) is not None:
+            return refused
+        return await handler(request)
+
+    return handle
+
+
 class RouterRunner(web.AppRunner):
     """An `AppRunner` whose connections answer low-level errors in the envelope."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # The same object, built by aiohttp with all its settings; only how it makes each
-        # connection's handler changes.
+        # connection's handler, and what runs before the app, change.
         server.__class__ = _EnvelopeServer
+        server.request_handler = _expectation_first(server.request_handler)
         return server
 
 

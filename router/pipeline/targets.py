@@ -25,6 +25,7 @@ from router.core.targets import (
     IPAddress,
     address_refusal,
     host_address,
+    public_url_refusal,
     unmapped,
     url_shape_refusal,
 )
@@ -92,7 +93,8 @@ async def url_refusal(url: str, allow_private: bool, own: OwnAddress | None = No
     Checks its spelling (`url_shape_refusal`); then that it does not point at the router
     itself (`own`: its listen address, or an origin of its public URLs), whatever
     `allow_private` says; then (unless `allow_private`) that none of the addresses its host
-    resolves to is internal. A name that does not resolve now is allowed: delivery re-checks
+    resolves to is internal, and that the host is a name other than `localhost`
+    (`public_url_refusal`). A name that does not resolve now is allowed: delivery re-checks
     at connect time.
     """
     if reason := url_shape_refusal(url):
@@ -116,7 +118,7 @@ async def url_refusal(url: str, allow_private: bool, own: OwnAddress | None = No
     for address in addresses:
         if reason := address_refusal(str(address)):
             return reason if literal is not None else f"host {host} resolves to {reason}"
-    return None
+    return public_url_refusal(url)
 
 
 class TargetRefused(OSError):

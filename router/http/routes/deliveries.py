@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from router.core.records import DeliveryStatus
 from router.http.auth import bound_subscriber, subscriber_not_found
 from router.http.context import HISTORY, SETTINGS, SUBSCRIBERS
-from router.http.errors import conflict, not_found, validation_failed
+from router.http.errors import conflict, not_found
 from router.http.operations import Resource
 from router.storage.history import Window
 from subscriptions.ids import now_ms
@@ -170,12 +170,20 @@ def breaker_view(raw: dict[str, str], threshold: int, now: int) -> Breaker:
     )
 
 
+def _no_number(value: object) -> object:
+    # The document says an RFC 3339 string; pydantic would read a number as Unix time.
+    if isinstance(value, int | float):
+        raise ValueError("must be an RFC 3339 date-time string")
+    return value
+
+
 class ReplayRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    status: DeliveryStatus = Field(
-        default=DeliveryStatus.dead, description="Replay the deliveries in this state"
+    # Not `pending`: those are queued already, so the document does not offer it.
+    status: Literal["succeeded", "failed", "dead", "skipped"] = Field(
+        default="dead", description="Replay the deliveries in this state"
     )
-    since: datetime | None = Field(
+    since: Annotated[datetime, BeforeValidator(_no_number)] | None = Field(
         default=None, description="Only deliveries of events received at or after this time"
     )
 
@@ -267,12 +275,12 @@ async def replay(request: web.Request, body: ReplayRequest) -> Requeued:
     subscriber_id = request.match_info["subscriber_id"]
     if await request.app[SUBSCRIBERS].get(subscriber_id) is None:
         raise subscriber_not_found()
-    if body.status is DeliveryStatus.pending:
-        raise validation_failed([("status", "pending deliveries are already queued")])
     since = body.since.replace(tzinfo=body.since.tzinfo or UTC) if body.since else None
     since_ms = int(since.timestamp() * 1000) if since else None
     return Requeued(
-        requeued=await request.app[HISTORY].replay(subscriber_id, body.status, since_ms)
+        requeued=await request.app[HISTORY].replay(
+            subscriber_id, DeliveryStatus(body.status), since_ms
+        )
     )
 
 

@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 
 from router.core import tracing
 from router.core.records import EventStatus, IncomingEvent
+from router.core.signing import ROUTER_HEADERS, USER_AGENT
 from router.http.context import CATALOG, LEDGER, METRICS, REFUSALS, SETTINGS, VERIFIER
 from router.http.errors import ApiError, bad_request, too_many_requests, validation_failed
 from router.http.operations import Resource, read_body
@@ -42,9 +43,11 @@ MAX_WEBHOOK_ID = 512
 MAX_DEPTH = 128  # nesting of arrays and objects; the platform's payloads use fewer than 10
 REDIS_DOWN_RETRY_AFTER = 10
 OVERLOAD_RETRY_AFTER = 30
-# Every delivery this router (any deployment of it) makes carries this header; an event that
-# arrives with it was delivered by a router, and routing it again could loop.
-LOOP_HEADER = "X-Router-Event-Id"
+# Every delivery a router (any deployment) makes carries these; an event that arrives with
+# one was delivered by a router, and routing it again could loop. Compared case-insensitively
+# and with `_` read as `-`, as gateways that rewrite header names do.
+_LOOP_MARKS = {name.lower(): name for name in ROUTER_HEADERS}
+_ROUTER_AGENT = USER_AGENT.split("/", 1)[0].lower() + "/"
 
 
 class WebhookEvent(BaseModel):
@@ -130,6 +133,16 @@ def _header(request: web.Request, name: str, limit: int) -> str | None:
     return value or None
 
 
+def _router_mark(request: web.Request) -> str | None:
+    """The router header this request carries (as the router spells it), or None."""
+    for name in request.headers:
+        if (mark := _LOOP_MARKS.get(name.lower().replace("_", "-"))) is not None:
+            return mark
+    if request.headers.get("User-Agent", "").lower().startswith(_ROUTER_AGENT):
+        return "User-Agent"
+    return None
+
+
 def _check_content_type(request: web.Request) -> None:
     # Parsed by hand: aiohttp's `request.content_type` raises on some malformed headers.
     ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
@@ -177,11 +190,11 @@ async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
 async def _accept(request: web.Request, path_event: str | None) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
-    if LOOP_HEADER in request.headers:
+    if (mark := _router_mark(request)) is not None:
         raise ApiError(
             410,
             "LOOP_DETECTED",
-            f"This request was delivered by a webhook-router ({LOOP_HEADER}); routing it "
+            f"This request was delivered by a webhook-router ({mark}); routing it "
             "again could loop, so it is refused for good",
         )
     webhook_header = _header(request, "webhook-id", MAX_WEBHOOK_ID)

@@ -21,12 +21,12 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from router.core.targets import URL_PATTERN, canonical_url
-from router.core.text import Name, Token, documented_pattern
+from router.core.targets import canonical_url
+from router.core.text import Name, Token
 from router.http.auth import bound_subscriber, subscriber_not_found
 from router.http.context import CATALOG, OPERATIONS, SETTINGS, SUBSCRIBERS
 from router.http.errors import bad_request, conflict, validation_failed
-from router.http.openapi import catalog_names
+from router.http.openapi import catalog_names, subscriber_url
 from router.http.operations import Resource, render
 from router.pipeline.targets import OwnAddress, url_refusal
 from router.settings import Settings
@@ -43,9 +43,9 @@ MAX_EVENTS = 200
 MAX_LOCATIONS = 1000
 MAX_GRANT_CHANGES = 100
 
-# Checked by the handlers (`url_refusal` ends with this pattern), so that a bad URL is
-# reported together with the request's other problems.
-Url = Annotated[str, StringConstraints(max_length=2048), documented_pattern(URL_PATTERN)]
+# Checked by the handlers (`url_refusal` ends with the pattern the document states), so that
+# a bad URL is reported together with the request's other problems.
+Url = Annotated[str, StringConstraints(max_length=2048), subscriber_url()]
 _URL = (
     "Absolute http(s) URL that receives deliveries: ASCII (an international host in punycode), "
     "no credentials or fragment; stored as the HTTP client will send it"
