@@ -18,13 +18,14 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 from pydantic.json_schema import models_json_schema
 
 from router.core.text import JsonSchemaExtra
 from router.http.errors import ErrorEnvelope
 from router.http.operations import Operation, Resource
 from subscriptions.catalog import Catalog, load_catalog
+from subscriptions.filters import json_schemas as filter_schemas
 
 OPENAPI_VERSION = "3.1.0"
 TITLE = "webhook-router"
@@ -48,6 +49,15 @@ def catalog_names(kind: CatalogNames) -> JsonSchemaExtra:
     return JsonSchemaExtra(((_CATALOG_NAMES, kind),))
 
 
+def _ref(name: str) -> str:
+    return REF_TEMPLATE.format(model=name)
+
+
+# A payload filter's grammar is recursive and bounded in depth, which pydantic cannot
+# generate; `subscriptions.filters` states it, and the document carries it as components.
+PAYLOAD_FILTER = WithJsonSchema({"$ref": _ref("PayloadFilter")})
+
+
 def build_openapi(resources: Iterable[Resource], catalog: Catalog | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document for every operation of `resources`, naming the scopes and
     events of `catalog` (default: the shipped one) wherever one is taken.
@@ -57,6 +67,7 @@ def build_openapi(resources: Iterable[Resource], catalog: Catalog | None = None)
     resource_list = list(resources)
     operations = [op for r in resource_list for op in r.operations]
     refs, schemas = _schemas(operations)
+    schemas.update(filter_schemas(_ref))
     _list_catalog_names(schemas, catalog or load_catalog())
     paths: dict[str, dict[str, Any]] = {}
     seen_ids: set[str] = set()
