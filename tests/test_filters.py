@@ -392,15 +392,18 @@ def test_the_index_files_each_anchor_value() -> None:
         {"x": {"$in": ["a", "b"]}},  # 0: anchored on both members
         {"x": 1},  # 1: 1 and 1.0 are one value, true is another
         {"x": True},  # 2
-        {"$or": [{"x": "b"}, {"y": 1}]},  # 3: no anchor, always tested
+        {"$or": [{"x": "b"}, {"y": 1}]},  # 3: anchored on both branches
         {"y": 2, "x": {"$nin": ["b"]}},  # 4: anchored on y
         {"$and": [{"x": "b"}], "y": {"$exists": True}},  # 5: anchored through $and
+        {"$or": [{"x": "b"}, {"y": {"$gt": 5}}]},  # 6: a branch without: always tested
+        {"$not": {"x": "b"}},  # 7: always tested
     ]
     index = FilterIndex(list(enumerate(compile_filter(d) for d in documents)))
-    assert index.matching({"x": "b", "y": 0}) == [0, 3, 5]
-    assert index.matching({"x": 1.0}) == [1]
-    assert index.matching({"x": True, "y": 2}) == [2, 4]
-    assert index.matching({"x": ["b"], "y": 1}) == [3]
+    assert index.matching({"x": "b", "y": 0}) == [0, 3, 5, 6]
+    assert index.matching({"x": 1.0}) == [1, 7]
+    assert index.matching({"x": True, "y": 2}) == [2, 4, 7]
+    assert index.matching({"x": ["b"], "y": 1}) == [3, 7]
+    assert index.matching({"y": 6}) == [6, 7]
 
 
 def test_the_index_tests_only_filters_anchored_on_the_payloads_value() -> None:
@@ -408,13 +411,13 @@ def test_the_index_tests_only_filters_anchored_on_the_payloads_value() -> None:
     compiled = [compile_filter({"assignedTo": f"u{i}", "dnd": False}) for i in range(1000)]
     index = FilterIndex(list(enumerate(compiled)))
     for i, f in enumerate(compiled):
-        original = f.root.matches
+        original = f.matches
 
         def counted(payload: Any, i: int = i, original: Any = original) -> bool:
             calls.append(i)
             return bool(original(payload))
 
-        object.__setattr__(f.root, "matches", counted)
+        object.__setattr__(f, "matches", counted)
     assert index.matching({"assignedTo": "u7", "dnd": False}) == [7]
     assert calls == [7]
 
