@@ -13,7 +13,9 @@ import pytest
 from redis.asyncio import Redis
 
 from router.commands.subscribers import register as register_cli
+from router.core.records import payload_of
 from router.http.app import create_app
+from router.pipeline import dispatch
 from router.storage.ledger import Ledger
 from tests.conftest import make_settings
 from tests.receivers import Receiver
@@ -127,16 +129,27 @@ def test_the_cli_sends_the_filter_as_json() -> None:
 
 # ------------------------------------------------------------------------------ routing
 @pytest.fixture
-def body_reads(monkeypatch: pytest.MonkeyPatch) -> list[Sequence[str]]:
-    """Every batch of event bodies the dispatcher reads."""
-    reads: list[Sequence[str]] = []
-    original = Ledger.event_bodies
+def body_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """Every event whose body the dispatcher reads (with its routing fields or alone) and
+    every body it parses, as ("read", event id) and ("parsed", body)."""
+    reads: list[tuple[str, Any]] = []
+    routing_fields, event_bodies = Ledger.routing_fields, Ledger.event_bodies
 
-    async def counted(self: Ledger, event_ids: Sequence[str]) -> list[bytes | None]:
-        reads.append(list(event_ids))
-        return await original(self, event_ids)
+    async def fields(self: Ledger, event_ids: Sequence[str], *, with_body: bool = False) -> Any:
+        reads.extend(("read", e) for e in event_ids if with_body)
+        return await routing_fields(self, event_ids, with_body=with_body)
 
-    monkeypatch.setattr(Ledger, "event_bodies", counted)
+    async def bodies(self: Ledger, event_ids: Sequence[str]) -> list[bytes | None]:
+        reads.extend(("read", e) for e in event_ids)
+        return await event_bodies(self, event_ids)
+
+    def parsed(body: bytes | str | None) -> dict[str, Any] | None:
+        reads.append(("parsed", body))
+        return payload_of(body)
+
+    monkeypatch.setattr(Ledger, "routing_fields", fields)
+    monkeypatch.setattr(Ledger, "event_bodies", bodies)
+    monkeypatch.setattr(dispatch, "payload_of", parsed)
     return reads
 
 
@@ -145,7 +158,7 @@ async def test_fan_out_skips_subscribers_whose_filter_the_payload_fails(
     redis: Redis,
     key_prefix: str,
     receiver: Receiver,
-    body_reads: list[Sequence[str]],
+    body_reads: list[tuple[str, Any]],
 ) -> None:
     router = await start(aiohttp_client, redis, key_prefix)
     everyone = await router.subscribe(receiver.url("/all"), OPPORTUNITIES)
@@ -175,9 +188,9 @@ async def test_fan_out_skips_subscribers_whose_filter_the_payload_fails(
     await receiver.wait_for("/p1", 1)
     await receiver.wait_for("/big", 1)
     assert [len(receiver.requests(p)) for p in ("/p1", "/big")] == [1, 1]
-    # Each event's body was read once, whatever the number of filters.
-    read = [e for batch in body_reads for e in batch]
-    assert sorted(read) == sorted([first, second, third])
+    # Each event's body was read and parsed once, whatever the number of filters.
+    assert sorted(e for kind, e in body_reads if kind == "read") == sorted([first, second, third])
+    assert len([b for kind, b in body_reads if kind == "parsed"]) == 3
 
 
 async def test_a_filter_changed_after_fan_out_stops_the_next_attempt(

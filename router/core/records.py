@@ -87,7 +87,7 @@ class AttemptContext(NamedTuple):
     breaker: dict[str, str]  # failures, open_until; empty: closed
 
 
-def payload_of(body: bytes | None) -> dict[str, Any] | None:
+def payload_of(body: bytes | str | None) -> dict[str, Any] | None:
     """An event's raw body parsed, if it is a JSON object (None otherwise)."""
     if body is None:
         return None

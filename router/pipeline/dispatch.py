@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from router.core.metrics import Metrics
 from router.core.records import delivery_id_for, payload_of
 from router.pipeline.consumer import Consumer
-from router.storage.ledger import Ledger, Plan
+from router.storage.ledger import Ledger, Plan, RoutingFields
 from subscriptions.catalog import resource_value
 from subscriptions.routing import Audience
 from subscriptions.store import SubscriberStore
@@ -47,12 +47,14 @@ class EntitlementCache:
         self.max_entries = max_entries
         self._version: bytes | None = None
         self._entries: dict[RoutingKey, Recipients] = {}
+        self.wants_bodies = False  # some recipients seen since the last change need a payload
 
     async def refresh(self) -> None:
         version = await self.store.version()
         if version != self._version or len(self._entries) > self.max_entries:
             self._entries.clear()
             self._version = version
+            self.wants_bodies = False
 
     async def recipients(self, key: RoutingKey) -> Recipients:
         if key not in self._entries:
@@ -61,6 +63,7 @@ class EntitlementCache:
                 s.ordering == "resource" for s in audience.subscribers
             )
             self._entries[key] = Recipients(audience, audience.needs_payload or ordered)
+            self.wants_bodies = self.wants_bodies or self._entries[key].needs_payload
         return self._entries[key]
 
 
@@ -111,30 +114,42 @@ class Dispatcher:
     async def _room(self) -> int:
         return self.batch_size
 
-    async def _payloads(self, event_ids: list[str]) -> dict[str, dict[str, Any] | None]:
-        """The parsed payloads of these events, read in one round trip, each parsed once."""
-        if not event_ids:
-            return {}
-        bodies = await self.ledger.event_bodies(event_ids)
-        return {e: payload_of(body) for e, body in zip(event_ids, bodies, strict=True)}
+    async def _payloads(
+        self, wanted: list[tuple[str, RoutingFields]]
+    ) -> dict[str, dict[str, Any] | None]:
+        """The parsed payloads of these events, each parsed once: their bodies as read with
+        the routing fields, or else read now in one round trip."""
+        unread = [event_id for event_id, fields in wanted if "body" not in fields]
+        bodies = (
+            dict(zip(unread, await self.ledger.event_bodies(unread), strict=True)) if unread else {}
+        )
+        return {
+            event_id: payload_of(fields["body"] if "body" in fields else bodies[event_id])
+            for event_id, fields in wanted
+        }
 
     async def dispatch(self, batch: list[tuple[str, str]]) -> int:
         """Create the deliveries of a batch of (entry id, event id); returns how many."""
         await self.cache.refresh()
-        routing = await self.ledger.routing_fields([event_id for _, event_id in batch])
+        # Bodies are read only for events some subscriber filters or orders: with the routing
+        # fields once the cache has met such a subscriber, on their own the first time; never
+        # while no subscriber has a filter or orders by resource.
+        routing = await self.ledger.routing_fields(
+            [event_id for _, event_id in batch], with_body=self.cache.wants_bodies
+        )
         found: list[tuple[str, str, str, Recipients | None]] = []
+        wanted: list[tuple[str, RoutingFields]] = []
         for (entry_id, event_id), fields in zip(batch, routing, strict=True):
             if fields is None:  # expired before dispatch: nothing to deliver, just ack
                 found.append((entry_id, event_id, "", None))
                 continue
             event = fields["event"] or ""
             key = (event, fields["location_id"], fields["company_id"])
-            found.append((entry_id, event_id, event, await self.cache.recipients(key)))
-        # Bodies are read only for events some subscriber filters or orders: none at all
-        # while no subscriber has a filter or orders by resource.
-        payloads = await self._payloads(
-            [event_id for _, event_id, _, r in found if r is not None and r.needs_payload]
-        )
+            recipients = await self.cache.recipients(key)
+            found.append((entry_id, event_id, event, recipients))
+            if recipients.needs_payload:
+                wanted.append((event_id, fields))
+        payloads = await self._payloads(wanted)
         plans: list[Plan] = []
         orders: list[tuple[str, str, str]] = []
         for entry_id, event_id, event, recipients in found:

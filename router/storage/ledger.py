@@ -55,11 +55,15 @@ class Overloaded(Exception):
 
 # A dispatch plan: (events-stream entry id, event id, event name, entitled subscriber ids).
 Plan = tuple[str, str, str, Sequence[str]]
-RoutingFields = dict[str, str | None]  # event, location_id, company_id
+RoutingFields = dict[str, str | None]  # event, location_id, company_id (and body, if asked)
 
 
 def _text(value: bytes | None) -> str | None:
     return None if value is None or value == b"" else value.decode()
+
+
+def _texts(names: Sequence[str], values: Sequence[bytes | None]) -> dict[str, str | None]:
+    return {name: _text(value) for name, value in zip(names, values, strict=True)}
 
 
 def _work_partition(item: WorkItem) -> int:
@@ -184,16 +188,16 @@ class Ledger:
         raw = await self.events[partition].claim_stale(consumer, min_idle_ms, count)
         return [(entry, value.decode()) for entry, value in raw]
 
-    async def routing_fields(self, event_ids: Sequence[str]) -> list[RoutingFields | None]:
-        """For each event: its name, location and company (None if it has expired)."""
-        rows = await self.runner.run(
-            [("HMGET", self.keys.event(e), "event", "location_id", "company_id") for e in event_ids]
-        )
+    async def routing_fields(
+        self, event_ids: Sequence[str], *, with_body: bool = False
+    ) -> list[RoutingFields | None]:
+        """For each event: its name, location and company, and `with_body` its raw body too
+        (in the same read); None if it has expired."""
+        fields = ("event", "location_id", "company_id", *(("body",) if with_body else ()))
+        rows = await self.runner.run([("HMGET", self.keys.event(e), *fields) for e in event_ids])
         return [
-            None
-            if event is None
-            else {"event": event.decode(), "location_id": _text(loc), "company_id": _text(co)}
-            for event, loc, co in rows
+            None if row[0] is None else {"event": row[0].decode(), **_texts(fields[1:], row[1:])}
+            for row in rows
         ]
 
     async def create_deliveries(self, plans: Sequence[Plan]) -> int:
