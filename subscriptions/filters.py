@@ -455,10 +455,17 @@ def _path_rule(key: str) -> str:
     )
 
 
+def _weakness(anchor: Anchor) -> tuple[bool, int]:
+    """How many payloads an anchor is likely to let through: one on true, false or null
+    (which many events share) before any on strings and numbers, then fewer values first."""
+    return any(kind in ("boolean", "null") for _, (kind, _) in anchor), len(anchor)
+
+
 def _anchor(node: Node) -> Anchor | None:
     """(path, value) pairs of which every payload matching `node` holds at least one: an
-    equality with a scalar or an `$in`; for `$and` one of its members' (the smallest), for
-    `$or` all of its members' if each has some. None if there is no such set."""
+    equality with a scalar or an `$in`; for `$and` one of its members' (the likeliest to be
+    selective, `_weakness`), for `$or` all of its members' if each has some. None if there is
+    no such set."""
     if isinstance(node, Predicate):
         if node.op == "$eq" and (key := scalar_key(node.operand)) is not None:
             return frozenset({(node.path, key)})
@@ -467,7 +474,7 @@ def _anchor(node: Node) -> Anchor | None:
         return None
     if isinstance(node, AllOf):
         found = [a for a in map(_anchor, node.nodes) if a is not None]
-        return min(found, key=len) if found else None
+        return min(found, key=_weakness) if found else None
     if isinstance(node, AnyOf):
         branches = [_anchor(child) for child in node.nodes]
         if any(a is None for a in branches):
