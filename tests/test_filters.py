@@ -408,7 +408,7 @@ def test_the_index_files_each_anchor_value() -> None:
 
 def test_the_index_tests_only_filters_anchored_on_the_payloads_value() -> None:
     calls: list[int] = []
-    compiled = [compile_filter({"assignedTo": f"u{i}", "dnd": False}) for i in range(1000)]
+    compiled = [compile_filter({"dnd": False, "assignedTo": f"u{i}"}) for i in range(1000)]
     index = FilterIndex(list(enumerate(compiled)))
     for i, f in enumerate(compiled):
         original = f.matches
