@@ -4,12 +4,16 @@ The benchmark drives the router from outside (its CLI, its HTTP API, its Redis k
 change of the packages' layout should touch only this file. It needs them for two things:
 - the names of the Redis keys it reads (to wait for work, to measure memory, to clean up,
   to count a run's keys per partition and per cluster master);
-- registering thousands of subscribers at once (scenario D), through the store's bulk import.
+- registering thousands of subscribers at once (scenario D), through the store's bulk import,
+  with payload filters compiled as the store does.
   A handful of subscribers is registered over the router's HTTP API instead
   (`Bench.register`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.crc import key_slot
@@ -18,6 +22,7 @@ from router.settings import CLUSTER_PARTITIONS
 from router.storage.keys import RouterKeys
 from router.storage.streams import DELIVER_GROUP as DELIVER_GROUP  # the ready streams' group
 from subscriptions.catalog import load_catalog
+from subscriptions.filters import compile_filter
 from subscriptions.ids import new_id, now_ms
 from subscriptions.keys import SubscriberKeys, tag
 from subscriptions.keys import key_pattern as _key_pattern
@@ -100,10 +105,17 @@ def key_tag(key: bytes) -> str:
 
 
 async def bulk_register(
-    redis: Redis, prefix: str, count: int, url: str, scope: str, batch: int = 1000
+    redis: Redis,
+    prefix: str,
+    count: int,
+    url: str,
+    scope: str,
+    batch: int = 1000,
+    filter_for: Callable[[int], dict[str, Any]] | None = None,
 ) -> None:
     """Register `count` subscribers holding `scope` and pointing at `url`, `batch` per
-    transaction, through the subscriber store's import (as migrations do)."""
+    transaction, through the subscriber store's import (as migrations do); subscriber i
+    with the payload filter `filter_for(i)`, if given."""
     store = SubscriberStore(redis, SubscriberKeys(prefix), load_catalog())
     now = now_ms()
     secret = SigningSecret(secret=generate_secret())
@@ -113,9 +125,10 @@ async def bulk_register(
 
     def one(i: int) -> Subscriber:
         secrets = [SigningSecret(secret=generate_secret())]
-        return template.model_copy(
-            update={"id": new_id("sub", now), "name": f"bulk-{i}", "secrets": secrets}
-        )
+        fields: dict[str, Any] = {"id": new_id("sub", now), "name": f"bulk-{i}", "secrets": secrets}
+        if filter_for is not None:
+            fields["filter"] = compile_filter(filter_for(i))
+        return template.model_copy(update=fields)
 
     for start in range(0, count, batch):
         await store.import_subscribers([one(i) for i in range(start, min(start + batch, count))])

@@ -253,17 +253,35 @@ class Bench:
         return await self.run_process("loadgen", argv, timeout=expected + 120)
 
     # ------------------------------------------------------------------ subscribers and work
-    async def register(self, api: str, urls: list[str], scope: str = ENTITLED_SCOPE) -> list[str]:
-        """Register one subscriber per URL through the router's API at `api`; their ids."""
+    async def register(
+        self,
+        api: str,
+        urls: list[str],
+        scope: str = ENTITLED_SCOPE,
+        payload_filter: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Register one subscriber per URL through the router's API at `api` (each with
+        `payload_filter`, if given); their ids."""
         ids = []
         for i, url in enumerate(urls):
-            body = {"name": f"bench-{i}", "url": url, "scopes": [scope]}
+            body: dict[str, Any] = {"name": f"bench-{i}", "url": url, "scopes": [scope]}
+            if payload_filter is not None:
+                body["filter"] = payload_filter
             ids.append((await self.request("POST", f"{api}/v1/subscribers", body))["id"])
         return ids
 
     async def register_unrelated(self, prefix: str, count: int, url: str) -> None:
         """`count` subscribers of a scope the benchmark's events do not need, in bulk."""
         await fixtures.bulk_register(self.redis, prefix, count, url, UNRELATED_SCOPE)
+
+    async def register_filtered_out(
+        self, prefix: str, count: int, url: str, filter_for: Callable[[int], dict[str, Any]]
+    ) -> None:
+        """`count` subscribers entitled by scope to the benchmark's events, in bulk, subscriber
+        i with the payload filter `filter_for(i)` (which the events should fail)."""
+        await fixtures.bulk_register(
+            self.redis, prefix, count, url, ENTITLED_SCOPE, filter_for=filter_for
+        )
 
     async def preload(
         self, prefix: str, events: int, urls: list[str], **env: Any

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from subscriptions.catalog import Catalog
 from subscriptions.models import Ordering, RateLimit, Subscriber
-from subscriptions.routing import entitlement_refusal, entitlement_refusals
+from subscriptions.routing import Payload, entitlement_refusal, entitlement_refusals
 
 
 class DeliveryTerms(BaseModel):
@@ -47,16 +47,18 @@ def explain(
     location_id: str | None,
     company_id: str | None,
     catalog: Catalog,
+    payload: Payload = None,
 ) -> Verdict:
-    """The verdict for `event` (an event name or a payload `type` alias) of this tenant."""
+    """The verdict for `event` (an event name or a payload `type` alias) of this tenant and,
+    if given, this payload (without one, a subscriber with a payload filter is refused)."""
     name = catalog.event_for_payload_type(event)
-    reasons = entitlement_refusals(subscriber, name, location_id, company_id, catalog)
+    args = (subscriber, name, location_id, company_id, catalog, payload)
     return Verdict(
         subscriber_id=subscriber.id,
         event=name,
         required_scope=catalog.required_scope(name),
-        entitled=entitlement_refusal(subscriber, name, location_id, company_id, catalog) is None,
-        reasons=reasons,
+        entitled=entitlement_refusal(*args) is None,
+        reasons=entitlement_refusals(*args),
         delivery=DeliveryTerms(
             rate_limit=subscriber.rate_limit,
             retry_schedule=subscriber.retry_schedule,

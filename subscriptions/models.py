@@ -8,7 +8,17 @@ import secrets
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+)
+
+from subscriptions.filters import PayloadFilter, compile_filter
 
 
 class SubscriberStatus(StrEnum):
@@ -73,6 +83,20 @@ RetrySchedule = Annotated[
         description="Seconds to wait after each failed attempt; its length + 1 attempts in all",
     ),
 ]
+
+
+def _compiled(value: object) -> PayloadFilter:
+    # Compiled when the subscriber is read, so each version of it is compiled once.
+    return value if isinstance(value, PayloadFilter) else compile_filter(value)
+
+
+# Stored and shown as given; held compiled (`subscriptions.filters`).
+Filter = Annotated[
+    PayloadFilter,
+    PlainValidator(_compiled),
+    PlainSerializer(lambda f: f.source, return_type=dict),
+    WithJsonSchema({"type": "object"}),
+]
 # `resource`: deliveries that share a resource key (the catalog names it per event) are
 # attempted one at a time, in the order their events were accepted.
 Ordering = Literal["none", "resource"]
@@ -98,6 +122,7 @@ class Subscriber(BaseModel):
     rate_limit: RateLimit | None = None
     retry_schedule: RetrySchedule | None = None  # None: the router's ROUTER_RETRY_SCHEDULE
     ordering: Ordering = "none"
+    filter: Filter | None = None  # payload filter; None: every entitled event
     secrets: list[SigningSecret] = Field(min_length=1)
     created_at: int
     updated_at: int

@@ -28,7 +28,7 @@ from subscriptions.models import (
     SubscriberStatus,
     generate_secret,
 )
-from subscriptions.routing import entitlement_refusal
+from subscriptions.routing import Audience, Payload, standing_refusals
 
 # KEYS: subscribers hash, ids zset, version counter, then the scope sets to leave, then the
 # scope sets to join. ARGV: id, new JSON ("" deletes), expected version ("" = any),
@@ -80,6 +80,7 @@ UPDATABLE_FIELDS = frozenset(
         "rate_limit",
         "retry_schedule",
         "ordering",
+        "filter",
     }
 )
 # How often a read-modify-write without If-Match is retried when it loses a race.
@@ -98,6 +99,8 @@ def _unique(values: Iterable[str]) -> list[str]:
 def _normalised(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Scopes and filters without duplicates; an empty filter or binding means none."""
     out = dict(fields)
+    if "filter" in out and not out["filter"]:
+        out["filter"] = None
     if "scopes" in out:
         out["scopes"] = _unique(out["scopes"])
     for name in ("events", "location_ids"):
@@ -148,12 +151,14 @@ class SubscriberStore:
         rate_limit: RateLimit | None = None,
         retry_schedule: Sequence[float] | None = None,
         ordering: Ordering = "none",
+        filter: Mapping[str, Any] | None = None,
     ) -> Subscriber:
         """Register a new, active subscriber and index its scopes.
 
         `secret` is used as given (callers validate it); when absent a new one is generated.
-        Duplicate scopes and filter entries are dropped, and an empty `events` or
-        `location_ids` is stored as null (no filter, no binding).
+        Duplicate scopes and filter entries are dropped, and an empty `events`,
+        `location_ids` or `filter` is stored as null (no filter, no binding). Raises
+        `subscriptions.filters.FilterError` (a ValueError) for a filter that breaks the grammar.
         """
         now = now_ms()
         fields = _normalised(
@@ -163,6 +168,7 @@ class SubscriberStore:
                 "scopes": list(scopes),
                 "events": None if events is None else list(events),
                 "location_ids": None if location_ids is None else list(location_ids),
+                "filter": filter,
             }
         )
         subscriber = Subscriber(
@@ -355,14 +361,19 @@ class SubscriberStore:
         raise StaleVersion(subscriber_id)
 
     async def explain(
-        self, event: str, location_id: str | None, company_id: str | None, subscriber_id: str
+        self,
+        event: str,
+        location_id: str | None,
+        company_id: str | None,
+        subscriber_id: str,
+        payload: Payload = None,
     ) -> Verdict | None:
-        """Whether the subscriber is entitled to `event` of this tenant, with every reason
-        it is not; None if there is no such subscriber."""
+        """Whether the subscriber is entitled to `event` of this tenant (and payload, if
+        given), with every reason it is not; None if there is no such subscriber."""
         subscriber = await self.get(subscriber_id)
         if subscriber is None:
             return None
-        return explain_verdict(subscriber, event, location_id, company_id, self.catalog)
+        return explain_verdict(subscriber, event, location_id, company_id, self.catalog, payload)
 
     async def _modify(
         self,
@@ -442,21 +453,31 @@ class SubscriberStore:
         """Ids of the subscribers holding `scope`."""
         return sorted(m.decode() for m in await self.redis.smembers(self.keys.scope_holders(scope)))
 
-    async def entitled_subscribers(
+    async def audience(
         self, event: str, location_id: str | None, company_id: str | None
-    ) -> list[Subscriber]:
-        """The subscribers the routing rule (`subscriptions.routing`) entitles to this event,
-        in id order.
+    ) -> Audience:
+        """The subscribers the routing rule (`subscriptions.routing`) entitles to this event
+        of this tenant, in id order, before their payload filters: `Audience.entitled(payload)`
+        applies those.
 
         Reads only the holders of the event's scope: an unknown event costs no Redis call,
         and non-holders are never read.
         """
         scope = self.catalog.required_scope(event)
         if scope is None:
-            return []
+            return Audience([])
         candidates = await self.get_many(await self.holders_of(scope))
-        return [
-            s
-            for s in candidates
-            if entitlement_refusal(s, event, location_id, company_id, self.catalog) is None
-        ]
+        return Audience(
+            [
+                s
+                for s in candidates
+                if not standing_refusals(s, event, location_id, company_id, self.catalog)
+            ]
+        )
+
+    async def entitled_subscribers(
+        self, event: str, location_id: str | None, company_id: str | None, payload: Payload
+    ) -> list[Subscriber]:
+        """The subscribers the routing rule entitles to this event of this tenant with this
+        payload (its parsed JSON body), in id order."""
+        return (await self.audience(event, location_id, company_id)).entitled(payload)

@@ -146,6 +146,23 @@ async def test_backfill_keeps_to_the_requested_events_and_the_subscribers_terms(
     assert await backfill(client, paused["id"], start, until) == 0
 
 
+async def test_backfill_honours_the_subscribers_payload_filter(client: TestClient) -> None:
+    start = now() - timedelta(seconds=1)
+    wanted = [
+        await publish(client, "OpportunityCreate", pipelineId="p1"),
+        await publish(client, "OpportunityCreate", pipelineId="p1", monetaryValue=5),
+    ]
+    await publish(client, "OpportunityCreate", pipelineId="p2")
+    await publish(client, "OpportunityCreate", pipelineId="p1", monetaryValue=50_000)
+    until = now() + timedelta(seconds=1)
+    narrow = {"pipelineId": "p1", "$not": {"monetaryValue": {"$gt": 10_000}}}
+    sub = await subscribe(client, ["opportunities.readonly"], filter=narrow)
+    assert await backfill(client, sub["id"], start, until) == 2
+    assert sorted(d["event_id"] for d in await deliveries_of(client, sub["id"])) == sorted(wanted)
+    await call(client, "PATCH", f"/v1/subscribers/{sub['id']}", 200, json={"filter": None})
+    assert await backfill(client, sub["id"], start, until) == 2  # the two it had left out
+
+
 async def test_the_window_is_from_since_to_before_until(client: TestClient) -> None:
     start = now() - timedelta(seconds=1)
     before = await publish(client, "ContactCreate")

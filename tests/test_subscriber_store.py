@@ -332,7 +332,7 @@ async def test_set_status_disables_with_a_reason(store: SubscriberStore) -> None
 async def test_a_disabled_subscriber_is_not_entitled(store: SubscriberStore) -> None:
     sub = await make(store)
     await store.set_status(sub.id, SubscriberStatus.disabled, "410 Gone")
-    assert await store.entitled_subscribers("ContactCreate", "loc1", None) == []
+    assert await store.entitled_subscribers("ContactCreate", "loc1", None, None) == []
 
 
 async def test_set_status_of_an_unknown_subscriber_returns_none(store: SubscriberStore) -> None:
@@ -475,7 +475,7 @@ async def test_routing_reads_only_the_holders_of_the_events_scope(
     log = CommandLog()
     monkeypatch.setattr(redis, "execute_command", log.wrap(redis.execute_command))
 
-    entitled = await store.entitled_subscribers("CampaignStatusUpdate", "loc1", None)
+    entitled = await store.entitled_subscribers("CampaignStatusUpdate", "loc1", None, None)
 
     assert sorted(s.id for s in entitled) == sorted(s.id for s in holders)
     names = [str(args[0]).upper() for args in log.commands]

@@ -18,6 +18,7 @@ CREATED_FIELDS = {
     "rate_limit",
     "retry_schedule",
     "ordering",
+    "filter",
     "id",
     "name",
     "url",

@@ -1,7 +1,13 @@
-"""D: dispatch cost against the number of registered subscribers.
+"""D: dispatch cost against the number of registered subscribers, and of payload filters.
 
 Ten subscribers are entitled to the events; the others (up to 10,000 registered in all)
-hold an unrelated scope, so the events are routed to the same ten whatever the count. The
+hold an unrelated scope, so the events are routed to the same ten whatever the count. In the
+filtered case, all 1,000 subscribers hold the events' scope and each carries a payload
+filter (three shapes: an equality with a `$contains`, an `$in` with an equality, an `$or` of
+two equalities, on four paths); the ten pass theirs and the others fail, so the deliveries
+are the same ten per event and the difference is the filters' cost: reading and parsing each
+event's body once, and testing the filters. It is compared with 10 entitled of 1,000 without
+filters, within the round. The
 load generator posts events at max rate into `serve`; the rate is events accepted per second
 until every delivery exists (the deliveries index holds events x 10 entries). Delivery is
 throttled to one attempt at a time (`ROUTER_WORKER_CONCURRENCY=1`) so that it does not compete
@@ -33,13 +39,28 @@ FULL, QUICK = Size(), Size(events=1000, registered=(10, 100, 1000))
 FAN_OUT = 10
 TARGET = 0.90
 MEASUREMENT = "accepted+dispatched ev/s, 10 entitled of"
+FILTERED = 1000  # subscribers holding the scope, each with a payload filter
+FILTERED_SIDE = "filtered"
+# The bench events' values (contact_create.json): the ten's filter holds, the others' fail.
+PASSING_FILTER = {"assignedTo": "bnchUser000000000001", "tags": {"$contains": "bench lead"}}
+
+
+def failing_filter(i: int) -> dict[str, Any]:
+    """Subscriber i's filter, one of three shapes, which the bench events fail."""
+    shape = i % 3
+    if shape == 0:
+        return {"assignedTo": f"bnchUser{i:012d}", "tags": {"$contains": "bench lead"}}
+    if shape == 1:
+        return {"source": {"$in": [f"form {i}", f"import {i}"]}, "dnd": False}
+    return {"$or": [{"companyName": f"Company {i}"}, {"customFields.0.value": f"Corp {i}"}]}
 
 
 async def run(bench: Bench, size: Size) -> None:
-    rounds: list[dict[int, Any]] = []
+    rounds: list[dict[int | str, Any]] = []
+    sides: list[int | str] = [*size.registered, FILTERED_SIDE]
     async with bench.receiving() as port:
-        for number, counts in alternating(bench.repeats, size.registered):
-            rounds.append({n: await _measure(bench, number, size.events, n, port) for n in counts})
+        for number, order in alternating(bench.repeats, sides):
+            rounds.append({s: await _measure(bench, number, size.events, s, port) for s in order})
     bench.report.details["D"] = rounds
     low, high = size.registered[0], size.registered[-1]
     for registered in size.registered:
@@ -60,22 +81,41 @@ async def run(bench: Bench, size: Size) -> None:
                 passes=(lambda x: x >= TARGET) if judged else None,
             )
         )
+    filtered = [r[FILTERED_SIDE]["rate"] for r in rounds]
+    bench.add(
+        rounds_row(
+            "D",
+            f"{MEASUREMENT} {FILTERED:,} holding the scope, each with a payload filter",
+            "ev/s",
+            filtered,
+            baselines=[r[FILTERED]["rate"] for r in rounds],
+            ratios=[ratio(r[FILTERED_SIDE]["rate"], r[FILTERED]["rate"]) for r in rounds],
+            target=f"≥ {TARGET:.2f} (vs {FILTERED:,} without)",
+            passes=lambda x: x >= TARGET,
+        )
+    )
 
 
 async def _measure(
-    bench: Bench, number: int, events: int, registered: int, port: int
+    bench: Bench, number: int, events: int, side: int | str, port: int
 ) -> dict[str, Any]:
-    async with bench.keyspace(f"d{number}-{registered}") as (prefix, stack):
+    """One side of a round: `side` subscribers registered (10 entitled), or FILTERED_SIDE."""
+    async with bench.keyspace(f"d{number}-{side}") as (prefix, stack):
         started = time.monotonic()
-        await bench.register_unrelated(
-            prefix, registered - FAN_OUT, f"http://127.0.0.1:{port}/other"
-        )
-        register_s = time.monotonic() - started
+        other = f"http://127.0.0.1:{port}/other"
+        if side == FILTERED_SIDE:
+            await bench.register_filtered_out(prefix, FILTERED - FAN_OUT, other, failing_filter)
+        else:
+            await bench.register_unrelated(prefix, int(side) - FAN_OUT, other)
         # Delivery throttled to one at a time: D measures accept + dispatch.
         _, api = await bench.serve(
-            stack, f"serve-d{number}-{registered}", prefix, "serve", ROUTER_WORKER_CONCURRENCY=1
+            stack, f"serve-d{number}-{side}", prefix, "serve", ROUTER_WORKER_CONCURRENCY=1
         )
-        await bench.register(api, [f"http://127.0.0.1:{port}/d/{i}" for i in range(FAN_OUT)])
+        await bench.register(
+            api,
+            [f"http://127.0.0.1:{port}/d/{i}" for i in range(FAN_OUT)],
+            payload_filter=PASSING_FILTER if side == FILTERED_SIDE else None,
+        )
         register_s = time.monotonic() - started
         load, done = await asyncio.gather(
             bench.loadgen(f"{api}/webhooks", connections=32, count=events),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 from urllib.parse import urlencode
@@ -94,7 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "update",
         parents=[connection],
         help="change a subscriber's delivery terms",
-        description="Change a subscriber's rate limit, retry schedule or ordering (needs "
+        description="Change a subscriber's rate limit, retry schedule, ordering or payload "
+        "filter (needs "
         "write_subscribers); what is not given stays as it is.",
     )
     update.add_argument("id", metavar="ID", help="subscriber id (sub_…)")
@@ -233,6 +235,16 @@ def _schedule(value: str) -> list[float]:
     return delays
 
 
+def _filter(value: str) -> dict[str, Any]:
+    try:
+        document = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise argparse.ArgumentTypeError('must be a JSON object, e.g. {"pipelineId": "p1"}')
+    return document
+
+
 def add_flow_options(parser: argparse.ArgumentParser, *, clearable: bool = False) -> None:
     """The delivery-term flags of `add` and `update` (`update` can also remove them)."""
     parser.add_argument(
@@ -256,7 +268,15 @@ def add_flow_options(parser: argparse.ArgumentParser, *, clearable: bool = False
         help="resource: deliveries about one resource (contact, opportunity...) one at a "
         "time, in the order their events arrived",
     )
+    parser.add_argument(
+        "--filter",
+        type=_filter,
+        metavar="JSON",
+        help='only events whose payload matches, e.g. \'{"pipelineId": "p1", "contact.tags": '
+        '{"$contains": "vip"}}\' (see README, "Payload filters")',
+    )
     if clearable:
+        parser.add_argument("--no-filter", action="store_true", help="remove the payload filter")
         parser.add_argument("--no-rate-limit", action="store_true", help="remove the rate limit")
         parser.add_argument(
             "--default-retry-schedule",
@@ -280,6 +300,10 @@ def flow_fields(args: argparse.Namespace) -> dict[str, Any]:
         body["retry_schedule"] = None
     if args.ordering is not None:
         body["ordering"] = args.ordering
+    if args.filter is not None:
+        body["filter"] = args.filter
+    elif getattr(args, "no_filter", False):
+        body["filter"] = None
     return body
 
 
@@ -288,7 +312,7 @@ def update_subscriber(args: argparse.Namespace) -> int:
     body = flow_fields(args)
     if not body:
         print(
-            "error: nothing to change: give --rate-limit, --retry-schedule or --ordering",
+            "error: nothing to change: give --rate-limit, --retry-schedule, --ordering or --filter",
             file=sys.stderr,
         )
         return 2

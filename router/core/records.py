@@ -89,16 +89,22 @@ class AttemptContext(NamedTuple):
     breaker: dict[str, str]  # failures, open_until; empty: closed
 
 
-def resource_of(body: bytes | None, path: str) -> str | None:
-    """The resource an event's raw body is about (the value at the catalog's dotted `path`);
-    None if the body names none."""
+def payload_of(body: bytes | str | None) -> dict[str, Any] | None:
+    """An event's raw body parsed, if it is a JSON object (None otherwise)."""
     if body is None:
         return None
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return resource_value(payload, path) if isinstance(payload, dict) else None
+    return payload if isinstance(payload, dict) else None
+
+
+def resource_of(body: bytes | None, path: str) -> str | None:
+    """The resource an event's raw body is about (the value at the catalog's dotted `path`);
+    None if the body names none."""
+    payload = payload_of(body)
+    return None if payload is None else resource_value(payload, path)
 
 
 ID_BODY_LENGTH = 26  # the characters after `evt_` in an event id (`subscriptions.ids`)

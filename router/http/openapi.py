@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 from pydantic.json_schema import models_json_schema
 
 from router.core.targets import url_pattern
@@ -28,6 +28,7 @@ from router.core.text import JsonSchemaExtra
 from router.http.errors import ErrorEnvelope
 from router.http.operations import ANY_TOKEN, Operation, Resource
 from subscriptions.catalog import Catalog, load_catalog
+from subscriptions.filters import json_schemas as filter_schemas
 
 OPENAPI_VERSION = "3.1.0"
 TITLE = "webhook-router"
@@ -52,6 +53,15 @@ def catalog_names(kind: CatalogNames) -> JsonSchemaExtra:
     return JsonSchemaExtra(((_CATALOG_NAMES, kind),))
 
 
+def _ref(name: str) -> str:
+    return REF_TEMPLATE.format(model=name)
+
+
+# A payload filter's grammar is recursive and bounded in depth, which pydantic cannot
+# generate; `subscriptions.filters` states it, and the document carries it as components.
+PAYLOAD_FILTER = WithJsonSchema({"$ref": _ref("PayloadFilter")})
+
+
 def subscriber_url() -> JsonSchemaExtra:
     """Marks a string as a subscriber URL (for `Annotated`): the document states the rule
     the handler applies for the app's `ROUTER_ALLOW_PRIVATE_TARGETS` as its `pattern`."""
@@ -73,6 +83,7 @@ def build_openapi(
     resource_list = [r for r in resources if any(op.documented for op in r.operations)]
     operations = [op for r in resource_list for op in r.operations if op.documented]
     refs, schemas = _schemas(operations)
+    schemas.update(filter_schemas(_ref))
     _list_catalog_names(schemas, catalog or load_catalog())
     _state_url_rule(schemas, url_pattern(allow_private_targets))
     paths: dict[str, dict[str, Any]] = {}

@@ -2,7 +2,7 @@
 
 For a unit of ready work: read its context (delivery, event, subscriber, breaker) in a batch
 shared with the attempts starting alongside; re-check the routing rule (a revoked grant, a
-paused or deleted subscriber, a changed filter turns it `skipped`); wait behind the
+paused or deleted subscriber, a changed event or payload filter turns it `skipped`); wait behind the
 subscriber's circuit breaker if it is open; POST the raw body with Standard Webhooks
 signatures; and record what `router.core.outcome.judge` makes of the result, atomically with
 the queue acknowledgement; then tell operators (`router.pipeline.operational`) of a breaker
@@ -24,7 +24,14 @@ from router.core import outcome as outcomes
 from router.core import tracing
 from router.core.metrics import Metrics
 from router.core.outcome import Outcome
-from router.core.records import TERMINAL, AttemptContext, DeliveryStatus, WorkItem, resource_of
+from router.core.records import (
+    TERMINAL,
+    AttemptContext,
+    DeliveryStatus,
+    WorkItem,
+    payload_of,
+    resource_of,
+)
 from router.core.retry import RetryPolicy
 from router.core.signing import delivery_headers
 from router.pipeline.client import post_event
@@ -124,8 +131,15 @@ class Attempts:
             return await self.record(item, outcomes.skipped("subscriber deleted"))
         subscriber = self._subscriber(raw_subscriber)
         order = self._order_slot(subscriber, event)
+        # The body is in the context already; it is parsed only for a filter to see.
+        payload = payload_of(event["body"]) if subscriber.filter is not None else None
         refusal = entitlement_refusal(
-            subscriber, event["event"], event["location_id"], event["company_id"], self.catalog
+            subscriber,
+            event["event"],
+            event["location_id"],
+            event["company_id"],
+            self.catalog,
+            payload,
         )
         if refusal is not None:
             return await self.record(item, outcomes.skipped(refusal), order)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from router.core.records import payload_of
 from router.storage.backfill import BackfillStore, Cursor
 from router.storage.ledger import Ledger, RoutingFields
 from subscriptions.catalog import Catalog
@@ -46,7 +47,9 @@ class Backfill:
         for partition in range(start.partition, self.ledger.keys.partitions):
             after = start.after if partition == start.partition else None
             while ids := await self.store.events(partition, after, since, until, self.page):
-                fields = await self.ledger.routing_fields(ids)
+                fields = await self.ledger.routing_fields(
+                    ids, with_body=subscriber.filter is not None
+                )
                 due = [
                     (event_id, row["event"] or "")
                     for event_id, row in zip(ids, fields, strict=True)
@@ -65,6 +68,11 @@ class Backfill:
         if events is not None and event not in events:
             return False
         refusal = entitlement_refusal(
-            subscriber, event, row["location_id"], row["company_id"], self.catalog
+            subscriber,
+            event,
+            row["location_id"],
+            row["company_id"],
+            self.catalog,
+            payload_of(row.get("body")),
         )
         return refusal is None

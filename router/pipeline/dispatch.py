@@ -1,7 +1,8 @@
 """Where an event is fanned out: one delivery per entitled subscriber.
 
 The dispatcher reads the events stream in the `dispatch` consumer group. For each event it
-asks `SubscriberStore.entitled_subscribers` who may receive it, and creates their deliveries
+asks `SubscriberStore.audience` who may receive it, applies their payload filters to the
+event's body (read and parsed once, and only if a filter needs it), and creates their deliveries
 together with the stream acknowledgement in one script. A dispatcher that dies mid-batch
 leaves its entries pending; another claims them after `ROUTER_RECLAIM_AFTER` seconds, and
 since delivery ids are derived from (event, subscriber), re-dispatch creates nothing twice.
@@ -11,41 +12,60 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, NamedTuple
 
 from router.core import tracing
 from router.core.metrics import Metrics
-from router.core.records import delivery_id_for, resource_of
+from router.core.records import delivery_id_for, payload_of
 from router.pipeline.consumer import Consumer
-from router.storage.ledger import Ledger, Plan
-from subscriptions.models import Subscriber
+from router.storage.ledger import Ledger, Plan, RoutingFields
+from subscriptions.catalog import resource_value
+from subscriptions.routing import Audience
 from subscriptions.store import SubscriberStore
 
 RoutingKey = tuple[str, str | None, str | None]
 
 
+class Recipients(NamedTuple):
+    """Who an (event, tenant) may go to before payload filters, and whether the event's
+    payload must be read: for a filter, or to order a subscriber's deliveries by resource."""
+
+    audience: Audience
+    needs_payload: bool
+
+
 class EntitlementCache:
-    """Entitled subscribers per (event, location, company), valid while no subscriber changes.
+    """Recipients per (event, location, company), valid while no subscriber changes.
 
     Every subscriber write bumps one version counter; the cache checks it once per batch, so
     a burst of events for the same tenants costs one Redis read, while a grant change is seen
-    by the very next batch (and every attempt re-checks the rule anyway).
+    by the very next batch (and every attempt re-checks the rule anyway). Each version of a
+    subscriber is parsed, and its payload filter compiled, once per entry.
     """
 
     def __init__(self, store: SubscriberStore, max_entries: int = 10_000) -> None:
         self.store = store
+        self.catalog = store.catalog
         self.max_entries = max_entries
         self._version: bytes | None = None
-        self._entries: dict[RoutingKey, list[Subscriber]] = {}
+        self._entries: dict[RoutingKey, Recipients] = {}
+        self.wants_bodies = False  # some recipients seen since the last change need a payload
 
     async def refresh(self) -> None:
         version = await self.store.version()
         if version != self._version or len(self._entries) > self.max_entries:
             self._entries.clear()
             self._version = version
+            self.wants_bodies = False
 
-    async def entitled(self, key: RoutingKey) -> list[Subscriber]:
+    async def recipients(self, key: RoutingKey) -> Recipients:
         if key not in self._entries:
-            self._entries[key] = await self.store.entitled_subscribers(*key)
+            audience = await self.store.audience(*key)
+            ordered = self.catalog.resource_key(key[0]) is not None and any(
+                s.ordering == "resource" for s in audience.subscribers
+            )
+            self._entries[key] = Recipients(audience, audience.needs_payload or ordered)
+            self.wants_bodies = self.wants_bodies or self._entries[key].needs_payload
         return self._entries[key]
 
 
@@ -96,43 +116,63 @@ class Dispatcher:
     async def _room(self) -> int:
         return self.batch_size
 
-    async def _order_entries(
-        self, to_order: list[tuple[str, str, list[str]]]
-    ) -> list[tuple[str, str, str]]:
-        """(subscriber, resource, delivery id) for each ordered subscriber of each event that
-        names a resource."""
-        if not to_order:
-            return []
-        bodies = await self.ledger.event_bodies([event_id for event_id, _, _ in to_order])
-        entries = []
-        for (event_id, path, subscribers), body in zip(to_order, bodies, strict=True):
-            resource = resource_of(body, path)
-            if resource is not None:
-                entries += [(s, resource, delivery_id_for(event_id, s)) for s in subscribers]
-        return entries
+    async def _payloads(
+        self, wanted: list[tuple[str, RoutingFields]]
+    ) -> dict[str, dict[str, Any] | None]:
+        """The parsed payloads of these events, each parsed once: their bodies as read with
+        the routing fields, or else read now in one round trip."""
+        unread = [event_id for event_id, fields in wanted if "body" not in fields]
+        bodies = (
+            dict(zip(unread, await self.ledger.event_bodies(unread), strict=True)) if unread else {}
+        )
+        return {
+            event_id: payload_of(fields["body"] if "body" in fields else bodies[event_id])
+            for event_id, fields in wanted
+        }
 
     async def dispatch(self, batch: list[tuple[str, str]]) -> int:
         """Create the deliveries of a batch of (entry id, event id); returns how many."""
         started = time.time_ns()
         await self.cache.refresh()
-        routing = await self.ledger.routing_fields([event_id for _, event_id in batch])
-        plans: list[Plan] = []
-        to_order: list[tuple[str, str, list[str]]] = []
+        # Bodies are read only for events some subscriber filters or orders: with the routing
+        # fields once the cache has met such a subscriber, on their own the first time; never
+        # while no subscriber has a filter or orders by resource.
+        routing = await self.ledger.routing_fields(
+            [event_id for _, event_id in batch], with_body=self.cache.wants_bodies
+        )
+        found: list[tuple[str, str, str, Recipients | None]] = []
+        wanted: list[tuple[str, RoutingFields]] = []
         for (entry_id, event_id), fields in zip(batch, routing, strict=True):
             if fields is None:  # expired before dispatch: nothing to deliver, just ack
-                plans.append((entry_id, event_id, "", []))
+                found.append((entry_id, event_id, "", None))
                 continue
             event = fields["event"] or ""
-            subscribers = await self.cache.entitled(
-                (event, fields["location_id"], fields["company_id"])
-            )
+            key = (event, fields["location_id"], fields["company_id"])
+            recipients = await self.cache.recipients(key)
+            found.append((entry_id, event_id, event, recipients))
+            if recipients.needs_payload:
+                wanted.append((event_id, fields))
+        payloads = await self._payloads(wanted)
+        plans: list[Plan] = []
+        orders: list[tuple[str, str, str]] = []
+        for entry_id, event_id, event, recipients in found:
+            if recipients is None:
+                plans.append((entry_id, event_id, "", []))
+                continue
+            payload = payloads.get(event_id)
+            subscribers = recipients.audience.entitled(payload)
             plans.append((entry_id, event_id, event, [s.id for s in subscribers]))
-            ordered = [s.id for s in subscribers if s.ordering == "resource"]
-            if ordered and (path := self.catalog.resource_key(event)) is not None:
-                to_order.append((event_id, path, ordered))
+            path = self.catalog.resource_key(event)
+            resource = None if payload is None or path is None else resource_value(payload, path)
+            if resource is not None:
+                orders += [
+                    (s.id, resource, delivery_id_for(event_id, s.id))
+                    for s in subscribers
+                    if s.ordering == "resource"
+                ]
         # Entered in their resources' orders before they are queued, so no later delivery
         # about the same resource can be attempted before these are known to come first.
-        await self.ledger.enter_orders(await self._order_entries(to_order))
+        await self.ledger.enter_orders(orders)
         created = await self.ledger.create_deliveries(plans)
         tracing.dispatched(started, plans, routing)
         self.metrics.delivered("created").inc(created)

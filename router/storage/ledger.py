@@ -55,11 +55,16 @@ class Overloaded(Exception):
 
 # A dispatch plan: (events-stream entry id, event id, event name, entitled subscriber ids).
 Plan = tuple[str, str, str, Sequence[str]]
-RoutingFields = dict[str, str | None]  # event, location_id, company_id (traceparent if traced)
+# event, location_id, company_id (traceparent if traced, body if asked)
+RoutingFields = dict[str, str | None]
 
 
 def _text(value: bytes | None) -> str | None:
     return None if value is None or value == b"" else value.decode()
+
+
+def _texts(names: Sequence[str], values: Sequence[bytes | None]) -> dict[str, str | None]:
+    return {name: _text(value) for name, value in zip(names, values, strict=True)}
 
 
 def _work_partition(item: WorkItem) -> int:
@@ -190,23 +195,17 @@ class Ledger:
         raw = await self.events[partition].claim_stale(consumer, min_idle_ms, count)
         return [(entry, value.decode()) for entry, value in raw]
 
-    async def routing_fields(self, event_ids: Sequence[str]) -> list[RoutingFields | None]:
-        """For each event: its name, location and company, and its trace context if the
-        ledger is `traced` (None if it has expired)."""
-        rows = await self.runner.run(
-            [("HMGET", self.keys.event(e), *self._routing_fields) for e in event_ids]
-        )
-        found: list[RoutingFields | None] = [
-            None
-            if event is None
-            else {"event": event.decode(), "location_id": _text(loc), "company_id": _text(co)}
-            for event, loc, co, *_ in rows
+    async def routing_fields(
+        self, event_ids: Sequence[str], *, with_body: bool = False
+    ) -> list[RoutingFields | None]:
+        """For each event: its name, location and company, its trace context if the ledger is
+        `traced`, and `with_body` its raw body too (in the same read); None if it has expired."""
+        fields = (*self._routing_fields, *(("body",) if with_body else ()))
+        rows = await self.runner.run([("HMGET", self.keys.event(e), *fields) for e in event_ids])
+        return [
+            None if row[0] is None else {"event": row[0].decode(), **_texts(fields[1:], row[1:])}
+            for row in rows
         ]
-        if self.traced:
-            for fields, row in zip(found, rows, strict=True):
-                if fields is not None:
-                    fields["traceparent"] = _text(row[3])
-        return found
 
     async def create_deliveries(self, plans: Sequence[Plan]) -> int:
         """For each plan: one pending delivery per subscriber that has none yet for the

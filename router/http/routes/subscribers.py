@@ -26,12 +26,13 @@ from router.core.text import Name, Token
 from router.http.auth import bound_subscriber, subscriber_not_found
 from router.http.context import CATALOG, OPERATIONS, SETTINGS, SUBSCRIBERS
 from router.http.errors import bad_request, conflict, validation_failed
-from router.http.openapi import catalog_names, subscriber_url
+from router.http.openapi import PAYLOAD_FILTER, catalog_names, subscriber_url
 from router.http.operations import Resource, render
 from router.pipeline.targets import OwnAddress, url_refusal
 from router.settings import Settings
 from subscriptions.catalog import Catalog
 from subscriptions.explain import Verdict
+from subscriptions.filters import GRAMMAR, FilterError, compile_filter
 from subscriptions.ids import rfc3339
 from subscriptions.models import Ordering, RateLimit, RetrySchedule, Subscriber, SubscriberStatus
 from subscriptions.store import Page, StaleVersion
@@ -64,6 +65,12 @@ _ORDERING = (
     "`resource`: deliveries about the same resource (the catalog names its payload field per "
     "event, `resource_keys`) are attempted one at a time in the order their events were "
     "accepted, a failing one holding back only its own resource"
+)
+
+FilterDocument = Annotated[dict[str, Any], PAYLOAD_FILTER]
+_FILTER = (
+    "Only events whose payload matches this filter (checked at fan-out and again before "
+    "every attempt; `{}` means none). " + GRAMMAR
 )
 
 _SECRET_RULE = "must be whsec_ followed by the base64 of 24 to 64 bytes"
@@ -114,6 +121,7 @@ class SubscriberCreate(BaseModel):
     rate_limit: RateLimit | None = Field(default=None, description=_RATE_LIMIT)
     retry_schedule: RetrySchedule | None = Field(default=None, description=_RETRY_SCHEDULE)
     ordering: Ordering = Field(default="none", description=_ORDERING)
+    filter: FilterDocument | None = Field(default=None, description=_FILTER)
 
     _secret = field_validator("secret")(_check_secret)
 
@@ -152,6 +160,7 @@ class SubscriberPatch(BaseModel):
     ordering: Ordering = Field(  # type: ignore[assignment]
         default=None, description=_ORDERING, json_schema_extra=_no_default
     )
+    filter: FilterDocument | None = Field(default=None, description=_FILTER + " null: none.")
 
 
 class GrantsChange(BaseModel):
@@ -184,6 +193,21 @@ class ExplainQuery(BaseModel):
     company_id: QueryText | None = None
 
 
+class ExplainRequest(BaseModel):
+    """An event as the router would route it, its payload included."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: EventOrAlias = Field(description="Event name or payload type, e.g. ContactCreate")
+    location_id: QueryText | None = None
+    company_id: QueryText | None = None
+    payload: dict[str, Any] | None = Field(
+        default=None,
+        description="The event's payload, for the subscriber's payload filter; without it, "
+        "a subscriber with a filter is not entitled",
+    )
+
+
 class SecretView(BaseModel):
     secret: str = Field(description="Masked: whsec_****<last 4>")
     expires_at: str | None = Field(description="When it stops signing; null for the current one")
@@ -204,6 +228,7 @@ class SubscriberBase(BaseModel):
         description=_RETRY_SCHEDULE + "; null: the router's (ROUTER_RETRY_SCHEDULE)"
     )
     ordering: Ordering = Field(description=_ORDERING)
+    filter: FilterDocument | None = Field(description="Payload filter; null: none")
     created_at: str
     updated_at: str
 
@@ -247,6 +272,7 @@ def _base(sub: Subscriber) -> dict[str, Any]:
                 "rate_limit",
                 "retry_schedule",
                 "ordering",
+                "filter",
             }
         ),
         "created_at": rfc3339(sub.created_at),
@@ -302,6 +328,17 @@ def event_problems(catalog: Catalog, events: list[str] | None) -> Problems:
     return problems
 
 
+def filter_problems(document: dict[str, Any] | None) -> Problems:
+    """Every way a payload filter breaks the grammar, each named by its path in it."""
+    if document is None:
+        return []
+    try:
+        compile_filter(document)
+    except FilterError as error:
+        return [(f"filter.{path}" if path else "filter", msg) for path, msg in error.problems]
+    return []
+
+
 def own_address(settings: Settings) -> OwnAddress:
     """Where the router serving with `settings` can be reached (subscribers may not point
     there)."""
@@ -355,6 +392,7 @@ async def create_subscriber(request: web.Request, body: SubscriberCreate) -> web
         await url_problems(request, body.url)
         + scope_problems(catalog, "scopes", body.scopes)
         + event_problems(catalog, body.events)
+        + filter_problems(body.filter)
     )
     fields = body.model_dump()
     fields["url"] = canonical_url(body.url)
@@ -433,6 +471,7 @@ async def patch_subscriber(request: web.Request, body: SubscriberPatch) -> web.R
     if changes.get("scopes") is not None:
         problems += scope_problems(catalog, "scopes", changes["scopes"])
     problems += event_problems(catalog, changes.get("events"))
+    problems += filter_problems(changes.get("filter"))
     _refuse(problems)
     if "url" in changes:
         changes["url"] = canonical_url(changes["url"])
@@ -512,11 +551,35 @@ async def rotate_secret(request: web.Request) -> web.Response:
     errors=(404, 422),
 )
 async def explain_subscriber(request: web.Request, query: ExplainQuery) -> Verdict:
+    return await _explain(request, query.event, query.location_id, query.company_id, None)
+
+
+@resource.post(
+    "/v1/subscribers/{subscriber_id}/explain",
+    summary="Would this subscriber receive an event with this payload, and every reason not",
+    scope="read_subscribers",
+    body=ExplainRequest,
+    response=Verdict,
+    errors=(400, 404, 422),
+)
+async def explain_subscriber_payload(request: web.Request, body: ExplainRequest) -> Verdict:
+    """As GET, with the event's payload: a payload filter that keeps it out names the
+    predicate that failed and the value found (`filter: pipelineId $eq "p1" got "p2"`)."""
+    return await _explain(request, body.event, body.location_id, body.company_id, body.payload)
+
+
+async def _explain(
+    request: web.Request,
+    event: str,
+    location_id: str | None,
+    company_id: str | None,
+    payload: dict[str, Any] | None,
+) -> Verdict:
     catalog = request.app[CATALOG]
-    if catalog.required_scope(catalog.event_for_payload_type(query.event)) is None:
-        raise validation_failed([("event", f"unknown event {query.event!r}")])
+    if catalog.required_scope(catalog.event_for_payload_type(event)) is None:
+        raise validation_failed([("event", f"unknown event {event!r}")])
     verdict = await request.app[SUBSCRIBERS].explain(
-        query.event, query.location_id, query.company_id, _subscriber_id(request)
+        event, location_id, company_id, _subscriber_id(request), payload
     )
     if verdict is None:
         raise subscriber_not_found()
