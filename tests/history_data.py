@@ -41,8 +41,9 @@ async def store_event(ledger: Ledger, event: IncomingEvent, subscribers: Sequenc
     await ledger.ensure_groups()
     await ledger.accept(event)
     if event.routable:
+        # BLOCK 1, not 0: on a cluster most partitions' streams are empty, and 0 waits forever.
         for partition in ledger.partitions:
-            for entry, event_id in await ledger.read_events(partition, "test", 100, 0):
+            for entry, event_id in await ledger.read_events(partition, "test", 100, 1):
                 await ledger.create_deliveries([(entry, event_id, event.event, list(subscribers))])
     return event.event_id
 
@@ -52,7 +53,7 @@ async def settle(ledger: Ledger, outcomes: dict[str, DeliveryStatus]) -> None:
     logged attempt that answered 500 (200 for a success)."""
     items: list[WorkItem] = []
     for partition in ledger.partitions:
-        items += await ledger.read_ready(partition, "test", 1000, 0)
+        items += await ledger.read_ready(partition, "test", 1000, 1)
     for item in items:
         status = outcomes.get(item.delivery_id)
         if status is None:
