@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 
 from router.core.outcome import Outcome
 from router.core.records import DeliveryStatus, EventStatus, IncomingEvent, WorkItem
+from router.storage import ledger as ledger_module
 from router.storage.ledger import Ledger, Overloaded
 from router.storage.streams import EMPTY_READ_POLL_SECONDS
 from subscriptions.ids import new_id, now_ms
@@ -229,3 +230,24 @@ async def test_trim_before_any_stream_or_group_exists_is_a_no_op(
     await ledger.trim()
     await ledger.ensure_groups()
     await ledger.trim()
+
+
+async def test_a_watermark_read_before_an_event_existed_is_not_reused_for_it(
+    redis: Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process accepts A and, once it is acknowledged, B; B is dispatched first (by
+    # another dispatcher) and its attempt asks whether older events still wait. A read made
+    # before B existed cannot have seen A: reused, it let B go before A.
+    monkeypatch.setattr(ledger_module, "WATERMARK_TTL", 3600.0)  # reuse whatever it may
+    deliverer = make_ledger(redis, key_prefix)
+    ingest = make_ledger(redis, key_prefix)
+    assert await deliverer.dispatch_watermark(new_id("evt")) is None  # nothing waits yet
+    await asyncio.sleep(0.002)  # A and B are made in a later millisecond than that read
+    older = event()
+    await ingest.accept(older)
+    later = new_id("evt")
+
+    assert await deliverer.dispatch_watermark(later) == older.event_id
+    # A read made after B existed stands for it (and for anything older) while it is fresh.
+    await ingest.accept(event())
+    assert await deliverer.dispatch_watermark(older.event_id) == older.event_id

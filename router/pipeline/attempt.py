@@ -211,7 +211,9 @@ class Attempts:
         in another partition would otherwise be overtaken). An entry left by a delivery that
         finished without leaving (a crash) is cleared on the way."""
         deadline = time.monotonic() + DISPATCH_WAIT
-        while (mark := await self.ledger.dispatch_watermark()) is not None and mark < item.event_id:
+        while (
+            mark := await self.ledger.dispatch_watermark(item.event_id)
+        ) is not None and mark < item.event_id:
             if time.monotonic() > deadline:
                 break  # dispatch is stuck elsewhere; order as far as it has got
             await asyncio.sleep(DISPATCH_POLL)

@@ -39,7 +39,7 @@ from router.storage.scripts import (
     retries,
 )
 from router.storage.streams import DELIVER_GROUP, DISPATCH_GROUP, Heartbeats, Stream
-from subscriptions.ids import id_floor, new_id, now_ms
+from subscriptions.ids import id_floor, id_time, new_id, now_ms
 from subscriptions.keys import SubscriberKeys
 
 # One accept call carries at most this many body bytes (and 128 events): a script call is
@@ -111,6 +111,7 @@ class Ledger:
         self.heartbeats = Heartbeats(redis, keys)
         self._watermark: str | None = None
         self._watermark_at = float("-inf")
+        self._watermark_read_ms = 0  # wall-clock ms the last read started, to compare with ids
         # Ingest and delivery each get their own lanes, so neither waits behind the other.
         self._accepts = MicroBatcher(
             self._accept_batch, weight=lambda e: len(e.body), max_weight=ACCEPT_BATCH_BYTES
@@ -431,11 +432,18 @@ class Ledger:
     async def event_bodies(self, event_ids: Sequence[str]) -> list[bytes | None]:
         return await self.runner.run([("HGET", self.keys.event(e), "body") for e in event_ids])
 
-    async def dispatch_watermark(self) -> str | None:
-        """The oldest event still waiting for dispatch in any partition; None if none waits.
-        Every event older than it has its deliveries created (and entered in their orders)."""
-        now = time.monotonic()
-        if now - self._watermark_at > WATERMARK_TTL:
+    async def dispatch_watermark(self, event_id: str) -> str | None:
+        """The oldest event still waiting for dispatch in any partition, as far as `event_id`
+        can rely on it; None if none waits. Every event older than it has its deliveries
+        created (and entered in their orders).
+
+        A read is reused for WATERMARK_TTL, but not by an event made in or after the
+        millisecond it started: events accepted just before that one may have been added to
+        the streams after the read, which would have let it overtake them."""
+        now, started_ms = time.monotonic(), now_ms()
+        if now - self._watermark_at > WATERMARK_TTL or self._watermark_read_ms <= id_time(
+            event_id.removeprefix("evt_")
+        ):
             heads = await self.runner.run(
                 [
                     ("XRANGE", self.keys.events_stream(p), "-", "+", "COUNT", 1)
@@ -445,6 +453,7 @@ class Ledger:
             oldest = [entry[0][1][1].decode() for entry in heads if entry]
             self._watermark = min(oldest) if oldest else None
             self._watermark_at = now
+            self._watermark_read_ms = started_ms  # set with the value it read, never before
         return self._watermark
 
     async def hold_for_order(self, item: WorkItem, resource: str) -> None:

@@ -415,11 +415,13 @@ class Cluster:
 @dataclass
 class LoadResult:
     """What the platform side saw. `accepted` maps event id -> event name (202 received);
-    `accepted_at` holds when the post that got the 202 was sent (epoch seconds)."""
+    `accepted_at` holds when the post that got the 202 was sent (epoch seconds);
+    `event_ids` maps each accepted payload's `webhookId` to its event id."""
 
     sent: int = 0
     accepted: dict[str, str] = field(default_factory=dict)
     accepted_at: dict[str, float] = field(default_factory=dict)
+    event_ids: dict[str, str] = field(default_factory=dict)
     statuses: Counter[int] = field(default_factory=Counter)
     connection_errors: int = 0
     given_up: int = 0
@@ -430,6 +432,7 @@ class LoadResult:
             sent=self.sent + other.sent,
             accepted=self.accepted | other.accepted,
             accepted_at=self.accepted_at | other.accepted_at,
+            event_ids=self.event_ids | other.event_ids,
             statuses=self.statuses + other.statuses,
             connection_errors=self.connection_errors + other.connection_errors,
             given_up=self.given_up + other.given_up,
@@ -483,6 +486,7 @@ async def burst(
                     if data["status"] != "unroutable":
                         result.accepted.setdefault(data["event_id"], data["type"])
                         result.accepted_at.setdefault(data["event_id"], posted_at)
+                        result.event_ids.setdefault(body["webhookId"], data["event_id"])
                     return
                 if status != 429:
                     return

@@ -7,7 +7,8 @@
 arrival time (epoch seconds), `event_id` comes from `X-Router-Event-Id`, and `status` is what the
 receiver answers (null when it answers nothing: hang, reset). Behaviours:
 
-- `ok` 200; `fail1` 500 on attempt 1 then 200; `500`; `429` with `Retry-After: 2`; `301` to
+- `ok` 200; `fail1` 500 on attempt 1 then 200; `flaky` 500 or 200 at random, even odds, on
+  attempts before FLAKY_UNTIL, then 200; `500`; `429` with `Retry-After: 2`; `301` to
   `/{marker}/ok`; `410`; `hang` (never answers); `reset` (TCP RST); `huge` (200 with a 50 MB body).
 
 Lines are appended with one `os.write` on an O_APPEND descriptor each, so a reader polling the
@@ -21,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import socket
 import struct
 import time
@@ -29,6 +31,11 @@ from aiohttp import web
 
 HUGE_BYTES = 50 * 1024 * 1024
 CHUNK = b"x" * (1024 * 1024)
+# `flaky` answers 200 from this attempt on: a subscriber retrying up to 20 times (the most a
+# schedule allows) then never runs out of attempts, which at even odds one delivery in 2**21
+# would (1 % of the runs of a 10,000-event scenario with two subscribers); reached by one
+# delivery in 2**15, the cap leaves the failures random.
+FLAKY_UNTIL = 16
 PLANNED_STATUS = {
     "ok": 200,
     "500": 500,
@@ -61,6 +68,9 @@ def build_app(out_path: str) -> web.Application:
         behaviour = request.match_info["behaviour"]
         if behaviour == "fail1":
             status = 500 if request.headers.get("X-Router-Attempt") == "1" else 200
+        elif behaviour == "flaky":
+            attempt = int(request.headers.get("X-Router-Attempt", "0"))
+            status = 500 if attempt < FLAKY_UNTIL and random.random() < 0.5 else 200
         elif behaviour in PLANNED_STATUS:
             status = PLANNED_STATUS[behaviour]
         else:
