@@ -15,11 +15,10 @@ from redis.asyncio import Redis
 
 from router.core.metrics import Metrics
 from router.http.app import create_app
-from router.http.context import METRICS, REFUSALS
+from router.http.context import LEDGER, METRICS, REFUSALS
 from router.http.verification import IngestState, Refusal, RefusalMonitor
 from router.pipeline.operational import OperationalEvents
 from router.storage.client import CommandRunner
-from router.storage.keys import RouterKeys
 from subscriptions.catalog import (
     ROUTER_EVENTS,
     ROUTER_SCOPE,
@@ -226,7 +225,7 @@ async def test_operational_deliveries_breed_no_operational_events(
         lambda page: len(page["items"]) == 2 and all(d["status"] == "dead" for d in page["items"]),
     )
     assert len(dead["items"]) == 2
-    breaker = await redis.hgetall(RouterKeys(key_prefix).breaker(ops["id"]))
+    breaker = await redis.hgetall(router.client.app[LEDGER].keys.breaker(ops["id"]))
     assert int(breaker[b"failures"]) >= 2  # its breaker did open, unannounced
     await asyncio.sleep(0.5)
     assert emitted(router, "router.delivery.dead") == 1

@@ -29,8 +29,8 @@ from redis.asyncio import Redis
 
 from router.core import tracing
 from router.http.app import create_app
+from router.http.context import LEDGER
 from router.settings import SettingsError
-from router.storage.keys import RouterKeys
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.payloads import LOCATION_ID, encode, platform_event
 from tests.receivers import Receiver
@@ -151,7 +151,7 @@ async def test_ingest_dispatch_and_attempt_spans_share_the_ingest_trace(
     assert str(attempt.attributes["webhook.delivery.id"]).startswith("dlv_")
     # The receiver is handed the attempt's context, and the event record keeps the ingest's.
     assert hit.header("traceparent") == traceparent_of(attempt)
-    stored = await redis.hget(RouterKeys(key_prefix, 1).event(event_id), "traceparent")
+    stored = await redis.hget(client.app[LEDGER].keys.event(event_id), "traceparent")
     assert stored == traceparent_of(ingest).encode()
 
 
@@ -220,7 +220,7 @@ async def test_with_tracing_off_nothing_is_traced_or_stored(
         event_id = await publish(client)
         [hit] = await receiver.wait_for("/hook", 1)
     assert hit.header("traceparent") is None
-    fields = await redis.hgetall(RouterKeys(key_prefix, 1).event(event_id))
+    fields = await redis.hgetall(client.app[LEDGER].keys.event(event_id))
     assert b"event" in fields and b"traceparent" not in fields
 
 
