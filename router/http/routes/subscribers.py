@@ -35,7 +35,7 @@ from subscriptions.explain import Verdict
 from subscriptions.filters import GRAMMAR, FilterError, compile_filter
 from subscriptions.ids import rfc3339
 from subscriptions.models import Ordering, RateLimit, RetrySchedule, Subscriber, SubscriberStatus
-from subscriptions.store import Page, StaleVersion
+from subscriptions.store import UPDATABLE_FIELDS, Page, StaleVersion
 
 resource = Resource("subscribers")
 
@@ -258,23 +258,8 @@ def mask(secret: str) -> str:
 
 def _base(sub: Subscriber) -> dict[str, Any]:
     return {
-        **sub.model_dump(
-            include={
-                "id",
-                "name",
-                "url",
-                "scopes",
-                "events",
-                "location_ids",
-                "company_id",
-                "status",
-                "status_reason",
-                "rate_limit",
-                "retry_schedule",
-                "ordering",
-                "filter",
-            }
-        ),
+        # What an operator may set, and the id: the store's list, so a new field shows at once.
+        **sub.model_dump(include={"id", *UPDATABLE_FIELDS}),
         "created_at": rfc3339(sub.created_at),
         "updated_at": rfc3339(sub.updated_at),
     }
