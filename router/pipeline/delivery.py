@@ -121,6 +121,10 @@ class DeliveryWorker:
         self._parked: dict[str, set[int]] = {}
         self._reserved = 0  # read budget promised to partition readers not yet back
         self._read_share = max(1, self.capacity // len(ledger.partitions))
+        self._reservations: dict[int, int] = {}  # per partition's reader, part of `_reserved`
+        self._hot: set[int] = set()  # partitions whose last read took all it asked for
+        self._hot_waiting = 0  # readers of those waiting for budget
+        self._empty: set[int] = set(ledger.partitions)  # partitions whose last read found none
         self._releasing: set[str] = set()  # subscribers with a release of parked work running
         # Subscribers whose breaker held their work back, and until when (ms): their parked
         # work is not released as slots free up before then, or it would cycle through the
@@ -142,7 +146,16 @@ class DeliveryWorker:
         ledger, consumer = self.ledger, self.consumer
 
         async def read(count: int, block_ms: int) -> list[WorkItem]:
-            return await ledger.read_ready(partition, consumer, count, block_ms)
+            if partition in self._empty:
+                # Waiting for work to arrive, the reader holds no budget (see `_room`); what
+                # the wait brings is at most one item over it.
+                self._unreserve(partition)
+                count = 1
+            items = await ledger.read_ready(partition, consumer, count, block_ms)
+            (self._empty.discard if items else self._empty.add)(partition)
+            # A full read says more is likely waiting there.
+            (self._hot.add if len(items) >= count else self._hot.discard)(partition)
+            return items
 
         async def claim(count: int) -> list[WorkItem]:
             claimed = await ledger.claim_stale_ready(
@@ -162,31 +175,44 @@ class DeliveryWorker:
             handle=self._admit,
             ensure_groups=ledger.ensure_groups,
             reclaim_after_ms=self.reclaim_after_ms,
-            settled=self._unreserve,
+            settled=lambda count: self._unreserve(partition),
             # A reader waiting on an empty partition holds its share of the budget; with many
             # partitions it waits less, so the budget goes round to those that have work.
             block_ms=max(MIN_BLOCK_MS, READ_BLOCK_MS // len(ledger.partitions)),
         )
 
-    def _unreserve(self, count: int) -> None:
-        self._reserved -= count
+    def _unreserve(self, partition: int) -> None:
+        self._reserved -= self._reservations.pop(partition, 0)
         self._capacity_freed.set()
 
     async def _room(self, partition: int) -> int:
         """How much to read next (reserved from the budget until the read is admitted); 0
-        after waiting up to READ_AT_LEAST_EVERY for capacity."""
-        free = self._read_budget() - self._reserved
+        after waiting up to READ_AT_LEAST_EVERY for capacity.
+
+        With many partitions and little budget, readers blocked on empty partitions held
+        most of it, and a busy partition's reader queued behind all of them for each read
+        (a quick subscriber's work waited out slow subscribers). So a reader whose last read
+        found nothing blocks holding no budget, and budget freed goes first to readers of
+        partitions known to hold more work.
+        """
+        hot = partition in self._hot
+        free = self._read_budget() - self._reserved - (0 if hot else self._hot_waiting)
         last_read = self._last_read.get(partition, 0.0)
         if free <= 0 and time.monotonic() - last_read >= READ_AT_LEAST_EVERY:
             free = min(self.per_subscriber, self.capacity - self._load)
         if free <= 0:
             self._capacity_freed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._capacity_freed.wait(), READ_AT_LEAST_EVERY)
+            self._hot_waiting += hot
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._capacity_freed.wait(), READ_AT_LEAST_EVERY)
+            finally:
+                self._hot_waiting -= hot
             return 0
         self._last_read[partition] = time.monotonic()
         # A partition's reader takes at most its share, so every partition's reader gets room.
         count = min(free, MAX_READ, self._read_share)
+        self._reservations[partition] = count
         self._reserved += count
         return count
 
