@@ -541,3 +541,27 @@ def test_public_urls_setting_refuses_what_is_not_an_absolute_http_url(
     monkeypatch.setenv("ROUTER_PUBLIC_URLS", f"https://ok.example.com,{value}")
     with pytest.raises(SettingsError, match=r"^ROUTER_PUBLIC_URLS: "):
         load_settings()
+
+
+async def test_a_resolver_that_never_answers_does_not_hold_registration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The system resolver stalled on one generated name for good in a CI run, and the API
+    # request (and the suite) waited with it.
+    loop = asyncio.get_running_loop()
+    stalled: list[str] = []
+
+    async def never(host: str, *args: Any, **kwargs: Any) -> Any:
+        stalled.append(host)
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(loop, "getaddrinfo", never)
+    monkeypatch.setattr("router.pipeline.targets.RESOLVE_TIMEOUT", 0.2)
+    started = time.monotonic()
+    # Resolved both to judge the target and to see whether it is the router itself; neither
+    # lookup answering, the name is treated as one that does not resolve (delivery re-checks).
+    own = OwnAddress(host="router.internal", port=8080)
+    assert await url_refusal("https://hooks.example/in", allow_private=False, own=own) is None
+    assert await url_refusal("http://g:8080/in", allow_private=False, own=own) is None
+    assert time.monotonic() - started < 2.0
+    assert stalled and set(stalled) <= {"hooks.example", "g", "router.internal"}

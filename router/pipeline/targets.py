@@ -42,11 +42,17 @@ def _is_local(ip: IPAddress) -> bool:
     return True
 
 
+# A lookup the system resolver never answers must not hold an API request (or a test) for
+# ever; a name that cannot be resolved in time is treated as one that does not resolve.
+RESOLVE_TIMEOUT = 5.0  # seconds
+
+
 async def _resolve(host: str, port: int) -> list[IPAddress]:
-    """Every address `host` resolves to now; empty if it does not resolve."""
+    """Every address `host` resolves to now; empty if it does not resolve (in time)."""
+    lookup = asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
+        infos = await asyncio.wait_for(lookup, RESOLVE_TIMEOUT)
+    except (OSError, UnicodeError, TimeoutError):
         return []
     return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
