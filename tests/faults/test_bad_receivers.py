@@ -16,6 +16,7 @@ answering 500 and one resetting connections.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 
 import pytest
@@ -44,6 +45,10 @@ SETTLE_SECONDS = 2.0  # bad attempts in flight at a round's end finish within th
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def per_round_ms(values: list[float]) -> str:
+    return "/".join(f"{v * 1000:.0f}" for v in values) + "ms"
 
 
 def healthy_latencies(records: list[dict], load: LoadResult) -> list[float]:
@@ -86,18 +91,18 @@ async def test_bad_receivers_do_not_slow_a_healthy_one(
     contacts = (CONTACT_CREATE,)
 
     total = await burst(url, mixed_payloads(50, contacts), LoadResult(), rate=RATE)  # warm-up
-    quiet: list[float] = []
+    quiet: list[float] = []  # each round's p99
     noisy: list[float] = []
     for round_no in range(ROUNDS):
         load = await burst(url, mixed_payloads(EVENTS_PER_PHASE, contacts), LoadResult(), rate=RATE)
         assert await ledger.wait_complete(load, timeout=60)
-        quiet += healthy_latencies(read_records([healthy_rx]), load)
+        quiet.append(p99(healthy_latencies(read_records([healthy_rx]), load)))
         total = total.merged(load)
 
         bad_ids = await add_bad_subscribers(c, bad_rx.url, round_no)
         load = await burst(url, mixed_payloads(EVENTS_PER_PHASE, contacts), LoadResult(), rate=RATE)
         assert await ledger.wait_complete(load, timeout=60)
-        noisy += healthy_latencies(read_records([healthy_rx]), load)
+        noisy.append(p99(healthy_latencies(read_records([healthy_rx]), load)))
         total = total.merged(load)
         for sub_id in bad_ids:
             await c.api("PATCH", f"/v1/subscribers/{sub_id}", {"status": "paused"})
@@ -106,14 +111,15 @@ async def test_bad_receivers_do_not_slow_a_healthy_one(
     bad = read_records([bad_rx])
     arrivals = {b: sum(1 for r in bad if r["behaviour"] == b) for b in BAD_BEHAVIOURS}
     followed = sum(1 for r in bad if r["behaviour"] == "ok")
-    unloaded, loaded = p99(quiet), p99(noisy)
+    # The median over rounds of each phase's p99 (see the next test's docstring).
+    unloaded, loaded = statistics.median(quiet), statistics.median(noisy)
     tally = ledger.tally(total)
     report(
         tally.line(
             f"bad receivers vs a healthy one (breaker threshold {breaker_threshold})",
             time.monotonic() - started,
-            f"healthy-p99-unloaded={unloaded * 1000:.0f}ms "
-            f"healthy-p99-loaded={loaded * 1000:.0f}ms bad-arrivals={arrivals}",
+            f"healthy-p99-unloaded={per_round_ms(quiet)} "
+            f"healthy-p99-loaded={per_round_ms(noisy)} (per round) bad-arrivals={arrivals}",
         )
     )
     assert tally.lost == 0 and tally.trespass == 0
@@ -130,7 +136,11 @@ async def test_three_broken_subscribers_of_ten_leave_the_healthy_ones_within_2x(
 ) -> None:
     """With the default delivery timeout (10 s), so a hanging receiver holds its attempts the
     whole time: the seven healthy subscribers' p99 with the three broken ones subscribed stays
-    within twice their p99 without them."""
+    within twice their p99 without them.
+
+    Judged on the median over rounds of each phase's p99, as the benchmarks judge ratios: one
+    stall of the machine (an fsync, a busy neighbour) inflates the p99 of the one phase it
+    falls in, whichever that is, and decided the pooled figure on its own."""
     started = time.monotonic()
     c = cluster()
     healthy_rx = await c.receiver("healthy-receiver")
@@ -152,12 +162,12 @@ async def test_three_broken_subscribers_of_ten_leave_the_healthy_ones_within_2x(
         return [t - load.accepted_at[event_id] for (_, event_id), t in first.items()]
 
     total = await burst(url, mixed_payloads(50, contacts), LoadResult(), rate=RATE)  # warm-up
-    quiet: list[float] = []
+    quiet: list[float] = []  # each round's p99
     noisy: list[float] = []
     for round_no in range(ROUNDS):
         load = await burst(url, mixed_payloads(EVENTS_PER_PHASE, contacts), LoadResult(), rate=RATE)
         assert await ledger.wait_complete(load, timeout=60)
-        quiet += latencies(load)
+        quiet.append(p99(latencies(load)))
         total = total.merged(load)
         bad_ids = [
             await c.subscribe(f"{b}-{round_no}", bad_rx.url(b, b), ["contacts.readonly"])
@@ -165,19 +175,19 @@ async def test_three_broken_subscribers_of_ten_leave_the_healthy_ones_within_2x(
         ]
         load = await burst(url, mixed_payloads(EVENTS_PER_PHASE, contacts), LoadResult(), rate=RATE)
         assert await ledger.wait_complete(load, timeout=60)
-        noisy += latencies(load)
+        noisy.append(p99(latencies(load)))
         total = total.merged(load)
         for sub_id in bad_ids:
             await c.api("PATCH", f"/v1/subscribers/{sub_id}", {"status": "paused"})
 
-    unloaded, loaded = p99(quiet), p99(noisy)
+    unloaded, loaded = statistics.median(quiet), statistics.median(noisy)
     tally = ledger.tally(total)
     report(
         tally.line(
             "3 broken subscribers of 10 (hang until the 10 s timeout, 500, reset)",
             time.monotonic() - started,
-            f"healthy-p99-alone={unloaded * 1000:.0f}ms "
-            f"healthy-p99-with-broken={loaded * 1000:.0f}ms",
+            f"healthy-p99-alone={per_round_ms(quiet)} "
+            f"healthy-p99-with-broken={per_round_ms(noisy)} (per round)",
         )
     )
     assert tally.lost == 0 and tally.trespass == 0
