@@ -119,9 +119,9 @@ class DeliveryWorker:
         self._capacity_freed = asyncio.Event()
         # Subscribers this worker parked work for, and the partitions it is parked in.
         self._parked: dict[str, set[int]] = {}
-        self._reserved = 0  # read budget promised to partition readers not yet back
         self._read_share = max(1, self.capacity // len(ledger.partitions))
-        self._reservations: dict[int, int] = {}  # per partition's reader, part of `_reserved`
+        # Read budget promised to each partition's reader, until what it read is admitted.
+        self._reservations: dict[int, int] = {}
         self._hot: set[int] = set()  # partitions whose last read took all it asked for
         self._hot_waiting = 0  # readers of those waiting for budget
         self._empty: set[int] = set(ledger.partitions)  # partitions whose last read found none
@@ -176,13 +176,14 @@ class DeliveryWorker:
             ensure_groups=ledger.ensure_groups,
             reclaim_after_ms=self.reclaim_after_ms,
             settled=lambda count: self._unreserve(partition),
-            # A reader waiting on an empty partition holds its share of the budget; with many
-            # partitions it waits less, so the budget goes round to those that have work.
+            # A reader waiting on a partition it has found work in holds its share of the
+            # budget while it waits; with many partitions it waits less, so the budget goes
+            # round to those that have work.
             block_ms=max(MIN_BLOCK_MS, READ_BLOCK_MS // len(ledger.partitions)),
         )
 
     def _unreserve(self, partition: int) -> None:
-        self._reserved -= self._reservations.pop(partition, 0)
+        self._reservations.pop(partition, None)
         self._capacity_freed.set()
 
     async def _room(self, partition: int) -> int:
@@ -196,7 +197,8 @@ class DeliveryWorker:
         partitions known to hold more work.
         """
         hot = partition in self._hot
-        free = self._read_budget() - self._reserved - (0 if hot else self._hot_waiting)
+        reserved = sum(self._reservations.values())
+        free = self._read_budget() - reserved - (0 if hot else self._hot_waiting)
         last_read = self._last_read.get(partition, 0.0)
         if free <= 0 and time.monotonic() - last_read >= READ_AT_LEAST_EVERY:
             free = min(self.per_subscriber, self.capacity - self._load)
@@ -213,7 +215,6 @@ class DeliveryWorker:
         # A partition's reader takes at most its share, so every partition's reader gets room.
         count = min(free, MAX_READ, self._read_share)
         self._reservations[partition] = count
-        self._reserved += count
         return count
 
     def _read_budget(self) -> int:
