@@ -20,32 +20,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
-import signal
 import tempfile
 from pathlib import Path
 
-import aiohttp
-
-from bench.payload import event_body
+from bench import loadgen
 from bench.procs import Proc, child_env, free_port, router_cli, wait_http
 from bench.redis_server import own_redis
 
 IN_FLIGHT = 16
 
 
-async def _post_events(base: str, count: int, tag: str) -> None:
-    bodies = iter([event_body(tag, i) for i in range(count)])
-    headers = {"Content-Type": "application/json"}
-    async with aiohttp.ClientSession() as session:
-
-        async def sender() -> None:
-            for body in bodies:
-                async with session.post(f"{base}/webhooks", data=body, headers=headers) as resp:
-                    if resp.status != 202:
-                        raise RuntimeError(f"ingest answered {resp.status}: {await resp.text()}")
-
-        await asyncio.gather(*(sender() for _ in range(IN_FLIGHT)))
+async def _accept_all(proc: Proc, base: str, events: int) -> None:
+    """Once `serve` is ready, post `events` events with bench/loadgen.py's sender; every one
+    must be accepted."""
+    await wait_http(proc, f"{base}/readyz", timeout=300)
+    argv = ["--url", f"{base}/webhooks", "--connections", str(IN_FLIGHT)]
+    argv += ["--count", str(events), "--out", os.devnull]  # the report is read here instead
+    report = await loadgen.Run(loadgen.parse_args(argv)).run()
+    if report["statuses"] != {"202": events} or report["errors"]:
+        raise RuntimeError(
+            f"not every event was accepted: {report['statuses']}, errors {report['errors']}"
+        )
 
 
 def count(router: list[str], redis_url: str, events: int, tag: str, logdir: Path) -> int:
@@ -66,11 +63,8 @@ def count(router: list[str], redis_url: str, events: int, tag: str, logdir: Path
         }
     )
     with Proc(f"serve-{tag}", argv, env, logdir) as proc:
-        base = f"http://127.0.0.1:{port}"
-        asyncio.run(wait_http(proc, f"{base}/readyz", timeout=300))
-        asyncio.run(_post_events(base, events, tag))
-        proc.popen.send_signal(signal.SIGTERM)
-        proc.popen.wait(timeout=300)
+        asyncio.run(_accept_all(proc, f"http://127.0.0.1:{port}", events))
+        proc.stop(timeout=300)  # callgrind writes its count as the router exits
     found = re.search(r"Collected : (\d+)", proc.log_path.read_text())
     if found is None:
         raise RuntimeError(f"callgrind reported no total:\n{proc.tail()}")
