@@ -156,11 +156,18 @@ class Bench:
 
     # ------------------------------------------------------------------ processes
     def router(
-        self, stack: contextlib.ExitStack, name: str, prefix: str, command: str, **env: Any
+        self,
+        stack: contextlib.ExitStack,
+        name: str,
+        prefix: str,
+        command: str,
+        cli: list[str] | None = None,
+        **env: Any,
     ) -> tuple[Proc, int]:
-        """Start `webhook-router serve|serve --no-workers|worker` on `prefix`."""
+        """Start `webhook-router serve|serve --no-workers|worker` on `prefix` (through `cli`
+        instead of the installed script, if given)."""
         port = free_port()
-        argv = router_cli() + command.split()
+        argv = (cli or router_cli()) + command.split()
         if command.startswith("serve"):
             argv += ["--port", str(port)]
         settings = {
