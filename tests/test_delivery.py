@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -386,6 +387,33 @@ async def test_receiver_failing_twice_gets_three_attempts_of_one_delivery(
     assert all(a["duration_ms"] >= 0 for a in delivery["attempts"])
     assert all(a["at"].endswith("Z") for a in delivery["attempts"])
     assert len(receiver.requests("/flaky")) == 3
+
+
+async def test_metrics_count_each_outcome_and_time_each_attempt(
+    router: Router, receiver: Receiver
+) -> None:
+    receiver.program("/counted", 500, 500)
+    sub = await router.subscribe(receiver.url("/counted"), ["contacts.readonly"])
+    event_id = await router.publish("ContactCreate")
+    await router.settled(await router.delivery_for(event_id, sub["id"]), "succeeded")
+    resp = await router.client.get("/metrics")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(await resp.text())
+        for sample in family.samples
+    }
+
+    def outcome(name: str) -> float:
+        return samples.get(("router_deliveries_total", (("outcome", name),)), 0)
+
+    assert (outcome("created"), outcome("failed"), outcome("succeeded")) == (1, 2, 1)
+    assert samples[("router_attempt_duration_seconds_count", ())] == 3
+    assert samples[("router_attempt_duration_seconds_bucket", (("le", "+Inf"),))] == 3
+    assert samples[("router_attempt_duration_seconds_sum", ())] > 0
+    # Accepted to delivered: the two retries alone waited 2 x 0.2 s.
+    assert samples[("router_delivery_latency_seconds_count", ())] == 1
+    assert samples[("router_delivery_latency_seconds_bucket", (("le", "0.25"),))] == 0
+    assert samples[("router_delivery_latency_seconds_bucket", (("le", "+Inf"),))] == 1
 
 
 async def test_receiver_always_failing_is_dead_after_the_last_scheduled_attempt(

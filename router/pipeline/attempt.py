@@ -119,7 +119,7 @@ class Attempts:
             # Its record outlived ROUTER_RETENTION before an attempt: the backlog is longer
             # than the retention. Counted and logged, never silent.
             await self.ledger.ack(item)
-            self.metrics.delivered("expired").inc()
+            self.metrics.delivered("expired")
             log.warning("delivery %s expired before it could be attempted", item.delivery_id)
             return None
         if DeliveryStatus(delivery["status"]) in TERMINAL:
@@ -190,7 +190,7 @@ class Attempts:
             probe_interval_ms=self.probe_interval_ms,
             breaker_clear=breaker_clear,
         )
-        self.metrics.delivered(outcome.metric).inc()
+        self.metrics.delivered(outcome.metric)
         if order is not None and outcome.status in TERMINAL:
             # Finished, it no longer holds back the deliveries after it about its resource.
             await self.ledger.leave_order(order.subscriber_id, order.resource, item.delivery_id)

@@ -175,5 +175,5 @@ class Dispatcher:
         await self.ledger.enter_orders(orders)
         created = await self.ledger.create_deliveries(plans)
         tracing.dispatched(started, plans, routing)
-        self.metrics.delivered("created").inc(created)
+        self.metrics.delivered("created", created)
         return created
