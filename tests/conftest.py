@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Iterator
 import fakeredis
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from router.http.app import create_app
+from router.http.server import RouterRunner
 from router.settings import Settings
 from router.storage.client import CommandRunner, Store, connect
 from router.storage.history import History
@@ -137,6 +138,43 @@ def app(settings: Settings, redis: Redis) -> web.Application:
 @pytest.fixture
 async def client(aiohttp_client, app: web.Application) -> TestClient:
     return await aiohttp_client(app)
+
+
+class ServedTestServer(TestServer):
+    """A test server that serves the app as `serve` does: through `RouterRunner` (the error
+    envelope for malformed requests, ingest handed to its route without the app's routing)."""
+
+    async def _make_runner(self, **kwargs: object) -> web.AppRunner:
+        return RouterRunner(self.app, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client):  # type: ignore[no-untyped-def]
+    """pytest-aiohttp's `aiohttp_client`, serving an app through `ServedTestServer`."""
+
+    async def make(target: web.Application | BaseTestServer, **kwargs: object) -> TestClient:
+        if isinstance(target, web.Application):
+            server_kwargs = kwargs.pop("server_kwargs", None) or {}
+            target = ServedTestServer(target, **server_kwargs)  # type: ignore[arg-type]
+        return await aiohttp_client(target, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+async def aiohttp_server() -> AsyncIterator[object]:
+    """pytest-aiohttp's `aiohttp_server`, serving through `ServedTestServer`."""
+    servers: list[ServedTestServer] = []
+
+    async def make(app: web.Application, **kwargs: object) -> ServedTestServer:
+        server = ServedTestServer(app, host="127.0.0.1")
+        await server.start_server(**kwargs)  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield make
+    while servers:
+        await servers.pop().close()
 
 
 @pytest.fixture

@@ -223,4 +223,9 @@ def unmet_expectation(request: web.BaseRequest) -> web.Response | None:
 
 def operation_of(request: web.Request) -> Operation | None:
     """The declared operation a request was routed to (None for unmatched routes)."""
-    return getattr(request.match_info.handler, "operation", None)
+    return operation_of_handler(request.match_info.handler)
+
+
+def operation_of_handler(handler: object) -> Operation | None:
+    """The operation a route's handler was declared with (None for aiohttp's own)."""
+    return getattr(handler, "operation", None)

@@ -36,6 +36,7 @@ FIELDS = (
 # mask (one '1'/'0' per FIELDS entry), then one value per FIELDS entry. Returns 1 per outcome
 # recorded, or the error message of one that failed (`pcall`: not its batch's).
 STRIDE = 9 + len(FIELDS)
+_FIELD_SET = frozenset(FIELDS)
 SCRIPT = Script(
     "finish",
     "local FIELDS = {"
@@ -127,10 +128,10 @@ def finish_args(
     """One outcome's part of a `finish_command`. Raises ValueError for a field the script
     does not set."""
     values = {"status": outcome.status.value, "updated_at": now, **outcome.fields}
-    unknown = set(values) - set(FIELDS)
-    if unknown:
-        raise ValueError(f"outcome sets unknown delivery fields: {sorted(unknown)}")
-    mask = "".join("1" if name in values else "0" for name in FIELDS)
+    if not values.keys() <= _FIELD_SET:
+        unknown = sorted(values.keys() - _FIELD_SET)
+        raise ValueError(f"outcome sets unknown delivery fields: {unknown}")
+    mask = "".join(["1" if name in values else "0" for name in FIELDS])
     own_keys = (keys.delivery(item.delivery_id), keys.delivery_attempts(item.delivery_id))
     args = (
         group,
@@ -142,7 +143,7 @@ def finish_args(
         "" if outcome.retry_at is None else outcome.retry_at,
         "1" if outcome.status is DeliveryStatus.dead else "0",
         mask,
-        *(values.get(name, "") for name in FIELDS),
+        *[values.get(name, "") for name in FIELDS],
     )
     return own_keys, args
 
