@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.storage.client import CommandRunner, RoundTrips, open_redis
@@ -44,6 +44,40 @@ async def test_concurrent_batches_each_get_their_own_replies(redis: Redis) -> No
         *(runner.run([("ECHO", f"a{i}"), ("ECHO", f"b{i}")]) for i in range(50))
     )
     assert results == [[f"a{i}".encode(), f"b{i}".encode()] for i in range(50)]
+
+
+async def test_a_batch_reads_back_each_kind_of_reply_as_redis_py_would(
+    redis: Redis, key_prefix: str
+) -> None:
+    """Replies taken straight from the parser's buffer (`read_replies`) must be what redis-py
+    makes of them one by one: every RESP type, error replies in place, replies split across
+    socket reads, a batch whose replies outgrow one read."""
+    key = f"{{{key_prefix}}}:kinds"
+    big = b"x" * 300_000  # several socket reads of redis-py's 64 KiB
+    batch = [
+        ("DEL", key),
+        ("HSET", key, "a", "1", "b", big),
+        ("HGETALL", key),
+        ("HMGET", key, "a", "missing", "b"),
+        ("EVALSHA", "0" * 40, "1", key),
+        ("EVAL", "return {1, false, 'x', {2, 'y'}}", "0"),
+        ("EVAL", "return redis.error_reply('MINE a refusal')", "0"),
+        ("GET", f"{key}:absent"),
+        ("ECHO", key),
+        ("DEL", key),
+    ] * 3
+    runner = CommandRunner(redis)
+    together = await runner.run(batch, raise_on_error=False)
+    one_by_one = [(await runner.run([command], raise_on_error=False))[0] for command in batch]
+
+    def comparable(reply: object) -> object:
+        return (type(reply), str(reply)) if isinstance(reply, Exception) else reply
+
+    assert [comparable(r) for r in together] == [comparable(r) for r in one_by_one]
+    assert together[3] == [b"1", None, big]
+    assert isinstance(together[6], ResponseError) and "MINE a refusal" in str(together[6])
+    assert isinstance(together[4], NoScriptError)
+    assert together[5] == [1, None, b"x", [2, b"y"]]
 
 
 @contextlib.asynccontextmanager

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import fakeredis
 import hiredis
+from redis._parsers import hiredis as redis_hiredis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
@@ -155,6 +156,56 @@ class GuardedWrite:
         await writer.drain()
 
 
+# What redis-py's hiredis parser hands back for a reply not yet complete (redis-py 5.1 on),
+# and what hiredis makes of a RESP3 push message (hiredis 3.2 on).
+_INCOMPLETE = getattr(redis_hiredis, "NOT_ENOUGH_DATA", None)
+_PUSH = getattr(hiredis, "PushNotification", None)
+
+
+def _buffered_reader(conn: AbstractConnection) -> hiredis.Reader | None:
+    """The hiredis reader of `conn`'s parser, when replies may be taken from it directly
+    (redis-py's own hiredis parser, as every connection of ours has with hiredis installed)."""
+    parser = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if (
+        _INCOMPLETE is not None
+        and _PUSH is not None
+        and type(parser) is getattr(redis_hiredis, "_AsyncHiredisParser", None)
+        and isinstance(reader, hiredis.Reader)
+    ):
+        return reader
+    return None
+
+
+async def read_replies(conn: AbstractConnection, count: int) -> list[Any]:
+    """The next `count` replies on `conn`, an error reply as its `ResponseError` in its
+    place.
+
+    redis-py's `read_response` wraps every reply in a timeout, its error handling and three
+    calls: about a tenth of an attempt's instructions, each of a batch's commands replying.
+    One socket read usually brings a whole batch's replies, so only a wait for data goes
+    through `read_response`; replies already read are taken from the parser's hiredis reader
+    as they are (the caller bounds the whole with one timeout). As `read_response` does, a
+    push message (RESP3; our connections subscribe to none) is passed over, and an error
+    reply that says the connection is unusable (LOADING...) is raised."""
+    reader = _buffered_reader(conn)
+    replies: list[Any] = []
+    while len(replies) < count:
+        try:
+            replies.append(await conn.read_response(timeout=math.inf))
+        except ResponseError as exc:
+            replies.append(exc)
+        while reader is not None and len(replies) < count:
+            reply = reader.gets()
+            if reply is _INCOMPLETE:
+                break
+            if isinstance(reply, RedisConnectionError):
+                raise reply
+            if not isinstance(reply, _PUSH):  # type: ignore[arg-type]
+                replies.append(reply)
+    return replies
+
+
 class RoundTrips:
     """Batches of commands, each sent in one write on a connection held for the purpose.
 
@@ -205,13 +256,7 @@ class RoundTrips:
         self, conn: AbstractConnection, packed: list[bytes], count: int
     ) -> list[Any]:
         await conn.send_packed_command(packed)
-        replies: list[Any] = []
-        for _ in range(count):
-            try:
-                replies.append(await conn.read_response(timeout=math.inf))
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
+        return await read_replies(conn, count)
 
     async def _take(self) -> tuple[AbstractConnection, bool]:
         if self._idle:
@@ -358,12 +403,7 @@ class ClusterRoundTrips:
         try:
             async with asyncio.timeout(self.timeout):
                 await conn.send_packed_command([pack_all(wire)])
-                out: list[Any] = []
-                for _ in wire:
-                    try:
-                        out.append(await conn.read_response(timeout=math.inf))
-                    except ResponseError as exc:
-                        out.append(exc)
+                out = await read_replies(conn, len(wire))
         except TimeoutError:
             await conn.disconnect(nowait=True)
             raise RedisTimeoutError(f"Timeout talking to {node.name}") from None
