@@ -226,6 +226,34 @@ async def test_health_is_ok_when_refusals_are_a_minority(
     assert health == {"status": "ok", "checks": {"ingest": {"status": "ok", "detail": None}}}
 
 
+def test_the_monitor_counts_every_outcome_in_its_window() -> None:
+    monitor = RefusalMonitor(window=60)
+    for _ in range(7):
+        monitor.accepted()
+    for reason in ["signature_invalid"] * 3 + ["malformed"] * 2:
+        monitor.refused(Refusal(reason, "x"))
+    state = monitor.state()
+    assert (state.accepted, state.refused, state.failing) == (7, 5, False)
+    assert state.reasons == {"signature_invalid": 3, "malformed": 2}
+    for _ in range(3):
+        monitor.refused(Refusal("timestamp_stale", "x"))
+    assert monitor.state().failing  # 8 refused against 7 accepted
+
+
+def test_accepted_events_older_than_the_window_no_longer_count() -> None:
+    monitor = RefusalMonitor(window=1)
+    for _ in range(20):
+        monitor.accepted()
+    for _ in range(6):
+        monitor.refused(Refusal("signature_invalid", "x"))
+    assert not monitor.state().failing
+    time.sleep(1.1)
+    for _ in range(6):
+        monitor.refused(Refusal("signature_invalid", "x"))
+    state = monitor.state()
+    assert (state.accepted, state.refused, state.failing) == (0, 6, True)
+
+
 def test_refusals_older_than_the_window_no_longer_count() -> None:
     monitor = RefusalMonitor(window=1)
     for _ in range(10):

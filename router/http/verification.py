@@ -273,17 +273,26 @@ class RefusalMonitor:
         self.check_every = check_every
         self._last_check = float("-inf")
         self._last_alert = float("-inf")
-        self._outcomes: deque[tuple[float, str | None]] = deque()
+        # Outcomes counted per tenth of a second (oldest first): counting an accepted event is
+        # an addition on the ingest path, and the window holds at most 10 * `window` slots.
+        self._slots: deque[_Slot] = deque()
         self._unlogged: Counter[str] = Counter()
         self._last_log = float("-inf")
 
     def accepted(self) -> None:
-        self._record(None)
+        tick = int(time.monotonic() * _TICKS)
+        slots = self._slots
+        if slots and slots[-1].tick == tick:
+            slots[-1].accepted += 1
+        else:
+            self._open(tick).accepted += 1
 
     def refused(self, refusal: Refusal) -> None:
-        self._record(refusal.reason)
-        self._unlogged[refusal.reason] += 1
         now = time.monotonic()
+        tick = int(now * _TICKS)
+        slot = self._slots[-1] if self._slots and self._slots[-1].tick == tick else None
+        (slot or self._open(tick)).refused[refusal.reason] += 1
+        self._unlogged[refusal.reason] += 1
         if now - self._last_log >= self.log_every:
             counts = ", ".join(f"{r}: {n}" for r, n in sorted(self._unlogged.items()))
             log.warning(
@@ -302,24 +311,26 @@ class RefusalMonitor:
                 self._last_alert = now
                 self.on_failing(state)
 
-    def _record(self, reason: str | None) -> None:
-        now = time.monotonic()
-        self._outcomes.append((now, reason))
-        self._forget_before(now - self.window)
+    def _open(self, tick: int) -> _Slot:
+        """A new slot for `tick`, the slots older than the window forgotten."""
+        self._forget_before(tick - self.window * _TICKS)
+        slot = _Slot(tick)
+        self._slots.append(slot)
+        return slot
 
-    def _forget_before(self, horizon: float) -> None:
-        outcomes = self._outcomes
-        while outcomes and outcomes[0][0] < horizon:
-            outcomes.popleft()
-        # Bounded under a flood: the verdict needs proportions, not every request.
-        while len(outcomes) > 10_000:
-            outcomes.popleft()
+    def _forget_before(self, tick: int) -> None:
+        slots = self._slots
+        while slots and slots[0].tick < tick:
+            slots.popleft()
 
     def state(self) -> IngestState:
-        self._forget_before(time.monotonic() - self.window)
-        reasons = Counter(reason for _, reason in self._outcomes if reason is not None)
+        self._forget_before(int(time.monotonic() * _TICKS) - self.window * _TICKS)
+        reasons: Counter[str] = Counter()
+        accepted = 0
+        for slot in self._slots:
+            accepted += slot.accepted
+            reasons.update(slot.refused)
         refused = sum(reasons.values())
-        accepted = len(self._outcomes) - refused
         return IngestState(
             failing=refused >= self.MIN_REFUSED and refused > accepted,
             accepted=accepted,
@@ -327,6 +338,20 @@ class RefusalMonitor:
             reasons=dict(reasons),
             window=self.window,
         )
+
+
+_TICKS = 10  # slots per second
+
+
+class _Slot:
+    """The outcomes of one tenth of a second."""
+
+    __slots__ = ("accepted", "refused", "tick")
+
+    def __init__(self, tick: int) -> None:
+        self.tick = tick
+        self.accepted = 0
+        self.refused: Counter[str] = Counter()
 
 
 def announce_failing(operations: OperationalEvents) -> Callable[[IngestState], None]:
