@@ -4,7 +4,6 @@ a Redis that forgot its Lua scripts (a restart, SCRIPT FLUSH)."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import pytest
 from redis.asyncio import Redis
@@ -53,9 +52,9 @@ async def test_concurrent_accepts_share_a_call_but_keep_their_own_outcomes(
     redis: Redis, key_prefix: str
 ) -> None:
     ledger = make_ledger(redis, key_prefix, max_backlog=100)
-    original = replace(event(), webhook_id="wh-1")
-    again = replace(event(), webhook_id="wh-1")  # the platform's retry, in the same batch
-    unroutable = replace(event(), routable=False)
+    original = event()._replace(webhook_id="wh-1")
+    again = event()._replace(webhook_id="wh-1")  # the platform's retry, in the same batch
+    unroutable = event()._replace(routable=False)
     plain = event()
 
     results = await asyncio.gather(
