@@ -48,6 +48,9 @@ ACCEPT_BATCH_BYTES = 1_048_576
 MOVE_DUE_LIMIT = 1000
 WATERMARK_TTL = 0.02  # seconds a read of the dispatch watermark is reused
 
+# The accept script's statuses as Redis answers them (a lookup: this runs for every event).
+_EVENT_STATUSES = {status.value.encode(): status for status in EventStatus}
+
 
 class Overloaded(Exception):
     """The dispatch backlog is over `ROUTER_MAX_BACKLOG`; the event was not stored."""
@@ -146,7 +149,7 @@ class Ledger:
         status, event_id = await self._accepts.run(event)
         if status == b"overloaded":
             raise Overloaded
-        return EventStatus(status.decode()), event_id.decode()
+        return _EVENT_STATUSES[status], event_id.decode()
 
     async def _accept_batch(self, events: list[IncomingEvent]) -> list[accept.Accepted | Exception]:
         groups = by_partition(events, lambda e: event_partition(e.event_id))

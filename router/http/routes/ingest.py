@@ -267,9 +267,9 @@ async def _accept(request: web.Request, path_event: str | None) -> web.Response:
     # Only catalog events become label values: arbitrary `type` strings must not be able to
     # create unbounded metric series.
     label = event_name if incoming.routable else "unroutable"
-    app[METRICS].received(label, status.value)
+    app[METRICS].received(label, status)  # a StrEnum: its value, as label and in JSON
     # Serialised directly (the hot path); the shape is the `Accepted` model.
-    body = {"event_id": event_id, "type": event_name, "status": status.value}
+    body = {"event_id": event_id, "type": event_name, "status": status}
     return web.Response(status=202, body=orjson.dumps(body), content_type="application/json")
 
 

@@ -71,6 +71,7 @@ return out
 # The accept's result for one event: its status ('accepted', 'unroutable', 'duplicate' or
 # 'overloaded') and the event id, as Redis answered them.
 Accepted = tuple[bytes, bytes]
+_ROUTABLE, _UNROUTABLE = EventStatus.accepted.encode(), EventStatus.unroutable.encode()
 
 
 def _event_args(keys: RouterKeys, partition: int, e: IncomingEvent) -> tuple[list[str], list[Any]]:
@@ -81,7 +82,6 @@ def _event_args(keys: RouterKeys, partition: int, e: IncomingEvent) -> tuple[lis
         keys.dedupe(partition, e.webhook_id or e.event_id),
         keys.body_seen(partition, e.body_digest or e.event_id),
     ]
-    status = EventStatus.accepted if e.routable else EventStatus.unroutable
     args = [
         e.event_id.encode(),
         e.body,
@@ -91,7 +91,7 @@ def _event_args(keys: RouterKeys, partition: int, e: IncomingEvent) -> tuple[lis
         (e.company_id or "").encode(),
         (e.webhook_id or "").encode(),
         e.received_at,
-        status.value.encode(),
+        _ROUTABLE if e.routable else _UNROUTABLE,
         b"1" if e.body_digest else b"",
         (e.traceparent or "").encode(),
     ]
