@@ -46,8 +46,8 @@ class Outcome:
 
     @property
     def metric(self) -> str:
-        """The `router_deliveries_total` outcome label."""
-        return self.status.value
+        """The `router_deliveries_total` outcome label (the StrEnum is its value)."""
+        return self.status
 
 
 GONE_REASON = "receiver answered 410 Gone; subscriber disabled"

@@ -127,7 +127,7 @@ def finish_args(
 ) -> Prepared:
     """One outcome's part of a `finish_command`. Raises ValueError for a field the script
     does not set."""
-    values = {"status": outcome.status.value, "updated_at": now, **outcome.fields}
+    values = {"status": outcome.status, "updated_at": now, **outcome.fields}  # a StrEnum
     if not values.keys() <= _FIELD_SET:
         unknown = sorted(values.keys() - _FIELD_SET)
         raise ValueError(f"outcome sets unknown delivery fields: {unknown}")
