@@ -133,12 +133,16 @@ class Dispatcher:
     async def dispatch(self, batch: list[tuple[str, str]]) -> int:
         """Create the deliveries of a batch of (entry id, event id); returns how many."""
         started = time.time_ns()
-        await self.cache.refresh()
         # Bodies are read only for events some subscriber filters or orders: with the routing
         # fields once the cache has met such a subscriber, on their own the first time; never
-        # while no subscriber has a filter or orders by resource.
-        routing = await self.ledger.routing_fields(
-            [event_id for _, event_id in batch], with_body=self.cache.wants_bodies
+        # while no subscriber has a filter or orders by resource. The cache's version check
+        # runs alongside (a refresh only ever stops bodies being wanted): every round trip a
+        # batch waits for in turn delays the next read of the stream.
+        _, routing = await asyncio.gather(
+            self.cache.refresh(),
+            self.ledger.routing_fields(
+                [event_id for _, event_id in batch], with_body=self.cache.wants_bodies
+            ),
         )
         found: list[tuple[str, str, str, Recipients | None]] = []
         wanted: list[tuple[str, RoutingFields]] = []
