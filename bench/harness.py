@@ -151,6 +151,10 @@ class Bench:
         clients' work counts too; on a cluster, every node's)."""
         return await self.store.cpu()
 
+    async def aof_rewrites(self) -> int:
+        """The AOF rewrites the Redis server has run since it started (INFO persistence)."""
+        return int((await self.redis.info("persistence")).get("aof_rewrites", 0))
+
     async def used_memory(self) -> int:
         return int((await self.redis.info("memory"))["used_memory"])
 
