@@ -213,8 +213,10 @@ async def test_subscribers_list_prints_a_table_row_per_subscriber(
     header = table.splitlines()[0]
     assert row_of(table, created["id"])[1:] == ["crm", "active", "contacts.readonly", HOOK]
     row = table.splitlines()[1]
+    assert row.startswith(created["id"] + " ")
+    # Searched after the id: a random id can hold "crm" itself.
     assert [header.index(h) for h in ("NAME", "STATUS", "URL")] == [
-        row.index(v) for v in ("crm", "active", HOOK)
+        row.index(v, len(created["id"])) for v in ("crm", "active", HOOK)
     ]
 
 
