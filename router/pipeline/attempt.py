@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import aiohttp
-
 from router.core import outcome as outcomes
 from router.core import tracing
 from router.core.metrics import Metrics
@@ -34,7 +32,7 @@ from router.core.records import (
 )
 from router.core.retry import RetryPolicy
 from router.core.signing import delivery_headers
-from router.pipeline.client import post_event
+from router.pipeline.client import DeliveryClient
 from router.pipeline.operational import OperationalEvents
 from router.settings import Settings
 from router.storage.ledger import Ledger
@@ -101,7 +99,7 @@ class Attempts:
     async def attempt(
         self,
         item: WorkItem,
-        session: aiohttp.ClientSession,
+        session: DeliveryClient,
         answered: Callable[[], None],
         context: AttemptContext | Exception | None = None,
     ) -> Outcome | Held | Behind | None:
@@ -279,7 +277,7 @@ class Attempts:
         delivery: dict[str, str],
         event: dict[str, Any],
         sub: Subscriber,
-        session: aiohttp.ClientSession,
+        session: DeliveryClient,
         answered: Callable[[], None],
         order: OrderSlot | None,
         breaker_clear: bool,
@@ -295,14 +293,7 @@ class Attempts:
             number,
             item.event_id,
         )
-        result = await post_event(
-            session,
-            sub.url,
-            event["body"],
-            headers,
-            allow_private=self.settings.allow_private_targets,
-            timeout=self.settings.delivery_timeout,
-        )
+        result = await session.post(sub.url, event["body"], headers)
         answered()
         self.metrics.attempt_seconds.observe(result.duration_ms / 1000)
         outcome = outcomes.judge(

@@ -17,13 +17,12 @@ import logging
 import time
 from collections import defaultdict, deque
 
-import aiohttp
 from redis.exceptions import ResponseError
 
 from router.core.outcome import Outcome
 from router.core.records import AttemptContext, WorkItem
 from router.pipeline.attempt import Attempts, Behind, Held
-from router.pipeline.client import open_session
+from router.pipeline.client import DeliveryClient, open_session
 from router.pipeline.consumer import READ_BLOCK_MS, Consumer
 from router.settings import Settings
 from router.storage.client import UNAVAILABLE, NotReplicated, refusing_writes
@@ -130,7 +129,7 @@ class DeliveryWorker:
         # work is not released as slots free up before then, or it would cycle through the
         # ready queue (read, parked, released, read...) for as long as the breaker stays open.
         self._held_until: dict[str, int] = {}
-        self.session: aiohttp.ClientSession | None = None
+        self.session: DeliveryClient | None = None
 
     # ------------------------------------------------------------------ loop
     async def run(self, stopping: asyncio.Event) -> None:
@@ -138,7 +137,7 @@ class DeliveryWorker:
         # Run again after a crash, the loop keeps its session: attempts still in flight use
         # it, and a second one would leave the first unclosed.
         if self.session is None or self.session.closed:
-            self.session = open_session(self.settings, self.capacity)
+            self.session = open_session(self.settings)
         await asyncio.gather(*(self._consumer(p).run(stopping) for p in self.ledger.partitions))
 
     def _consumer(self, partition: int) -> Consumer[WorkItem]:
