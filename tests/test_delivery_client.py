@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from router.pipeline import client as client_module
 from router.pipeline.client import MAX_HEAD_BYTES, RESPONSE_BODY_LIMIT, DeliveryClient
 
 BODY = b'{"type":"ContactCreate","id":"c1"}'
@@ -313,3 +314,18 @@ async def test_https_receivers_are_verified(tmp_path: Path) -> None:
     assert [r.status_code for r in trusted] == [200] * 3 and raw.connections == 1
     head = raw.requests[-1].split(b"\r\n")
     assert head[0] == b"POST /in HTTP/1.1"
+
+
+async def test_idle_connections_are_closed_after_a_while(
+    client: DeliveryClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with raw_receiver(replying(OK)) as (raw, url), raw_receiver(replying(OK)) as (_, other):
+        await asyncio.gather(*(client.post(url, BODY, dict(HEADERS)) for _ in range(3)))
+        assert raw.connections == 3
+        monkeypatch.setattr(client_module, "IDLE_SECONDS", 0.05)
+        await asyncio.sleep(0.1)
+        # A delivery to another receiver sweeps the first one's idle connections too.
+        await client.post(other, BODY, dict(HEADERS))
+        assert sum(len(q) for q in client._idle.values()) == 1
+        await client.post(url, BODY, dict(HEADERS))
+    assert raw.connections == 4

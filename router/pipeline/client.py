@@ -190,6 +190,7 @@ class DeliveryClient:
         self._addresses: dict[tuple[str, int], tuple[float, list[tuple[str, int]]]] = {}
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._open: set[_Connection] = set()
+        self._swept = time.monotonic()
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> AttemptResult:
         """POST once; never raises for anything the receiver or the network does."""
@@ -240,12 +241,27 @@ class DeliveryClient:
             conn.close()  # timed out or cancelled mid-exchange: the connection is unusable
             self._open.discard(conn)
             raise
+        now = time.monotonic()
         if conn.reusable and not conn.closed and not self.closed:
-            conn.idle_since = time.monotonic()
+            conn.idle_since = now
             self._idle.setdefault(origin.key, deque()).append(conn)
         else:
             self._open.discard(conn)
+        if now - self._swept > IDLE_SECONDS:
+            self._sweep(now)
         return answer
+
+    def _sweep(self, now: float) -> None:
+        """Close connections idle for longer than IDLE_SECONDS, whichever receiver they are
+        to: one no longer delivered to would otherwise keep its connections open."""
+        self._swept = now
+        for key, idle in list(self._idle.items()):
+            while idle and (idle[0].closed or now - idle[0].idle_since >= IDLE_SECONDS):
+                conn = idle.popleft()  # the oldest first: the deque is in order of return
+                conn.close()
+                self._open.discard(conn)
+            if not idle:
+                del self._idle[key]
 
     def _idle_connection(self, key: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(key)
