@@ -329,3 +329,20 @@ async def test_idle_connections_are_closed_after_a_while(
         assert sum(len(q) for q in client._idle.values()) == 1
         await client.post(url, BODY, dict(HEADERS))
     assert raw.connections == 4
+
+
+async def test_the_timeout_covers_connecting_too() -> None:
+    # A TLS handshake the receiver never answers: the time goes on connecting, not waiting.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/in"
+    client = DeliveryClient(allow_private=True, timeout=0.3)
+    try:
+        result = await client.post(url, BODY, dict(HEADERS))
+    finally:
+        await client.close()
+        server.close()
+    assert result.status_code is None and result.error == "timed out after 0.3s"
+    assert 250 <= result.duration_ms < 2000
