@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -346,3 +347,30 @@ async def test_the_timeout_covers_connecting_too() -> None:
         server.close()
     assert result.status_code is None and result.error == "timed out after 0.3s"
     assert 250 <= result.duration_ms < 2000
+
+
+async def test_a_name_is_resolved_and_each_address_tried(client: DeliveryClient) -> None:
+    # localhost may resolve to ::1 first; the receiver listens on 127.0.0.1 only.
+    async with raw_receiver(replying(OK)) as (raw, url):
+        result = await client.post(url.replace("127.0.0.1", "localhost"), BODY, dict(HEADERS))
+    assert (result.status_code, result.error) == (200, None)
+    port = url.split(":")[2].split("/")[0]
+    assert f"Host: localhost:{port}".encode() in raw.requests[0].split(b"\r\n")
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+async def test_an_ipv6_literal_is_connected_to_and_named_in_brackets(
+    client: DeliveryClient,
+) -> None:
+    raw = Raw(replying(OK))
+    try:
+        server = await asyncio.start_server(raw.serve, "::1", 0)
+    except OSError:
+        pytest.skip("::1 cannot be bound here")
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await client.post(f"http://[::1]:{port}/in", BODY, dict(HEADERS))
+    finally:
+        server.close()
+    assert (result.status_code, result.error) == (200, None)
+    assert f"Host: [::1]:{port}".encode() in raw.requests[0].split(b"\r\n")
