@@ -83,7 +83,6 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.reusable = False
         self.idle_since = 0.0
         self._waiter: asyncio.Future[_Answer] | None = None
         self._reset()
@@ -99,14 +98,14 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------ exchange
     def send(self, data: bytes, waiter: asyncio.Future[_Answer]) -> None:
         assert self.transport is not None
-        self.reusable = False
         self._reset()
         self._waiter = waiter
         self.transport.write(data)
 
     def _answer(self, *, reusable: bool) -> None:
+        """Hand the answer to its waiter; a connection that cannot carry another exchange is
+        closed, so `closed` alone tells whether it may be kept."""
         waiter, self._waiter = self._waiter, None
-        self.reusable = reusable
         if waiter is not None and not waiter.done():
             waiter.set_result(_Answer(self._status, b"".join(self._body), self._retry_after))
         if not reusable:
@@ -122,6 +121,10 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def kept_at(self, now: float) -> bool:
+        """True if this idle connection may still be reused at `now`."""
+        return not self.closed and now - self.idle_since < IDLE_SECONDS
 
     # ------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -250,17 +253,16 @@ class DeliveryClient:
         try:
             answer = await waiter
         except BaseException:
-            conn.close()  # timed out or cancelled mid-exchange: the connection is unusable
-            self._open.discard(conn)
+            self._drop(conn)  # timed out or cancelled mid-exchange: the connection is unusable
             raise
         finally:
             timer.cancel()
         now = time.monotonic()
-        if conn.reusable and not conn.closed and not self.closed:
+        if conn.closed or self.closed:
+            self._drop(conn)
+        else:
             conn.idle_since = now
             self._idle.setdefault(origin.key, deque()).append(conn)
-        else:
-            self._open.discard(conn)
         if now - self._swept > IDLE_SECONDS:
             self._sweep(now)
         return answer
@@ -270,10 +272,8 @@ class DeliveryClient:
         to: one no longer delivered to would otherwise keep its connections open."""
         self._swept = now
         for key, idle in list(self._idle.items()):
-            while idle and (idle[0].closed or now - idle[0].idle_since >= IDLE_SECONDS):
-                conn = idle.popleft()  # the oldest first: the deque is in order of return
-                conn.close()
-                self._open.discard(conn)
+            while idle and not idle[0].kept_at(now):
+                self._drop(idle.popleft())  # the oldest first: the deque is in order of return
             if not idle:
                 del self._idle[key]
 
@@ -284,11 +284,14 @@ class DeliveryClient:
         now = time.monotonic()
         while idle:
             conn = idle.pop()  # the most recently used: least likely closed by the receiver
-            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
+            if conn.kept_at(now):
                 return conn
-            conn.close()
-            self._open.discard(conn)
+            self._drop(conn)
         return None
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.close()
+        self._open.discard(conn)
 
     async def _connect(self, origin: _Origin) -> _Connection:
         loop = asyncio.get_running_loop()
