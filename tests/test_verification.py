@@ -8,7 +8,6 @@ duplicate that is delivered once.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +25,7 @@ from subscriptions.models import generate_secret
 from tests.conftest import make_settings
 from tests.payloads import encode, iso_now, platform_event
 from tests.receivers import Receiver
+from tests.test_delivery import until
 
 JSON = {"Content-Type": "application/json"}
 
@@ -275,13 +275,15 @@ async def test_replayed_signed_request_is_a_duplicate_delivered_once(
         assert (first["status"], replay["status"]) == ("accepted", "duplicate")
         assert replay["event_id"] == first["event_id"]
         (hit,) = await receiver.wait_for("/hook", 1)
-        # The receiver has the delivery before the router has read its answer and recorded it.
-        for _ in range(100):
+
+        async def read_event() -> Any:
             resp = await client.get(f"/v1/events/{first['event_id']}", headers=admin_headers)
-            event = await resp.json()
-            if [d["status"] for d in event["deliveries"]] != ["pending"]:
-                break
-            await asyncio.sleep(0.05)
+            return await resp.json()
+
+        # The receiver has the delivery before the router has read its answer and recorded it.
+        event = await until(
+            read_event, lambda e: [d["status"] for d in e["deliveries"]] != ["pending"]
+        )
     assert [d["status"] for d in event["deliveries"]] == ["succeeded"]
     assert hit.header("webhook-id") == event["deliveries"][0]["id"]
     assert len(receiver.requests("/hook")) == 1
