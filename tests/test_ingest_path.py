@@ -1,5 +1,5 @@
-"""`serve` hands `POST /webhooks` to its route without the app's routing and middleware
-(`router.http.server._ingest_first`): every answer must be the one the app's own way gives.
+"""`serve` parses `POST /webhooks` below aiohttp's web server (`router.http.fast_ingest`):
+every answer must be the one the app's own way gives.
 
 Each request is sent to the same app served both ways, on the same store: through
 `RouterRunner` (as `serve` and the rest of the suite serve it) and through aiohttp's plain
@@ -99,17 +99,14 @@ async def test_serve_answers_ingest_as_the_app_does(
 
 
 def test_an_app_without_ingest_is_served_the_app_s_way() -> None:
-    from router.http.server import _ingest_first
+    from router.http.fast_ingest import ingest_route_declared
 
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        return web.Response()
-
-    assert _ingest_first(web.Application(), handler) is handler
+    assert ingest_route_declared(web.Application()) is False
 
 
 def test_an_ingest_route_needing_credentials_is_refused() -> None:
+    from router.http.fast_ingest import ingest_route_declared
     from router.http.operations import Resource
-    from router.http.server import _ingest_first
 
     guarded = Resource("guarded")
 
@@ -119,9 +116,5 @@ def test_an_ingest_route_needing_credentials_is_refused() -> None:
 
     app = web.Application()
     guarded.add_routes(app)
-
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        return web.Response()
-
     with pytest.raises(RuntimeError, match="scope=None"):
-        _ingest_first(app, handler)
+        ingest_route_declared(app)

@@ -177,45 +177,44 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Renders every failure in the envelope; a 500 says nothing of the internals."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except ValidationError as exc:
-        return from_validation_error(exc).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return _from_http_exception(exc)
-    except UNAVAILABLE as exc:
+    except Exception as exc:
+        return render_error(exc, request.method, _route(request))
+
+
+def render_error(exc: Exception, method: str, route: str) -> web.Response:
+    """`exc`, raised handling `method` on `route` (its template), as the envelope."""
+    if isinstance(exc, ApiError):
+        return exc.response()
+    if isinstance(exc, ValidationError):
+        return from_validation_error(exc).response()
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        return _from_http_exception(exc)
+    if isinstance(exc, UNAVAILABLE):
         # Redis unreachable, a slot without a master, a write no replica confirmed: the
         # request may be repeated once the store is back, and says so.
-        log.warning(
-            "store unavailable on %s %s (%s)", request.method, _route(request), type(exc).__name__
-        )
+        log.warning("store unavailable on %s %s (%s)", method, route, type(exc).__name__)
         return ApiError(
             503,
             "UNAVAILABLE",
             "The store is unavailable for now; retry later",
             headers={"Retry-After": str(STORE_RETRY_AFTER)},
         ).response()
-    except ResponseError as exc:
-        if not refusing_writes(exc):
-            return _internal(request)
+    if isinstance(exc, ResponseError) and refusing_writes(exc):
         return ApiError(
             503,
             "UNAVAILABLE",
             "The store refuses writes for now; retry later",
             headers={"Retry-After": str(STORE_RETRY_AFTER)},
         ).response()
-    except Exception:
-        return _internal(request)
+    log.error("unhandled error on %s %s", method, route, exc_info=exc)
+    return ApiError(500, "INTERNAL", "Internal error").response()
 
 
 def _route(request: web.Request) -> str:
     """The route's template, not the path: a path is the client's to fill."""
     route = request.match_info.route.resource
     return route.canonical if route is not None else "an unmatched route"
-
-
-def _internal(request: web.Request) -> web.Response:
-    log.exception("unhandled error on %s %s", request.method, _route(request))
-    return ApiError(500, "INTERNAL", "Internal error").response()

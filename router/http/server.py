@@ -16,17 +16,19 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
-from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo
 
-from router.http.errors import error_middleware, error_response
-from router.http.operations import operation_of_handler, unmet_expectation
+from router.http.errors import error_response
+from router.http.fast_ingest import IngestProtocol, ingest_route_declared
+from router.http.operations import unmet_expectation
 from router.logs import safe_traceback
 
 log = logging.getLogger("router.server")
+
+DEFAULT_KEEPALIVE_TIMEOUT = 3630.0  # aiohttp's RequestHandler's own default
 
 
 # What a client's malformed request raises in aiohttp: named in one line, no traceback.
@@ -96,9 +98,32 @@ class EnvelopeRequestHandler(RequestHandler):
         return response
 
 
-class _EnvelopeServer(web.Server):
-    def __call__(self) -> RequestHandler:
+class RouterServer(web.Server):
+    """aiohttp's low-level server, as `RouterRunner` sets it up: each connection starts on
+    `IngestProtocol` when the app takes ingest (`router.http.fast_ingest`), and is handed to
+    an `EnvelopeRequestHandler` for anything else."""
+
+    fast_connections: set[IngestProtocol]
+    ingest_app: web.Application | None
+
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
+        if self.ingest_app is None:
+            return self.aiohttp_handler()
+        keepalive = self._kwargs.get("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT)
+        return IngestProtocol(self, self.ingest_app, keepalive)
+
+    def aiohttp_handler(self) -> RequestHandler:
         return EnvelopeRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        for connection in list(self.fast_connections):
+            connection.close()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        fast = [connection.shutdown(timeout) for connection in list(self.fast_connections)]
+        await asyncio.gather(super().shutdown(timeout), *fast)
+        self.fast_connections.clear()
 
 
 _Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
@@ -116,63 +141,19 @@ def _expectation_first(handler: _Handler) -> _Handler:
     return handle
 
 
-INGEST_PATH = "/webhooks"
-
-
-def _ingest_route(app: web.Application) -> AbstractRoute | None:
-    """The app's `POST /webhooks` route, if it has one; it must need no credentials (on the
-    short path no middleware runs but the error envelope's)."""
-    for route in app.router.routes():
-        resource = route.resource
-        if route.method == "POST" and resource is not None and resource.canonical == INGEST_PATH:
-            op = operation_of_handler(route.handler)
-            if op is None or op.scope is not None:
-                raise RuntimeError(f"POST {INGEST_PATH} must be declared with scope=None")
-            return route
-    return None
-
-
-def _ingest_first(app: web.Application, handler: _Handler) -> _Handler:
-    """`handler` (the app's), with `POST /webhooks` handed to its route directly.
-
-    Ingest is the hot path, and aiohttp's routing and middleware chain (resolving the path
-    among every route, three middleware layers) cost it about 20k of 480k instructions per
-    event (`python -m bench.instructions`). Its route needs no credentials, so of the
-    middleware only the error envelope applies, and it is applied here. Anything else —
-    another method or path, a query string, an `Expect` header — takes the app's way.
-    """
-    route = _ingest_route(app)
-    if route is None:
-        return handler
-    ingest = route.handler
-
-    async def handle(request: BaseRequest) -> web.StreamResponse:
-        if (
-            request.method == hdrs.METH_POST
-            and request.raw_path == INGEST_PATH
-            and hdrs.EXPECT not in request.headers
-        ):
-            match_info = UrlMappingMatchInfo({}, route)
-            match_info.add_app(app)
-            match_info.freeze()
-            request._match_info = match_info  # type: ignore[attr-defined]  # as the app does
-            return await error_middleware(request, ingest)  # type: ignore[arg-type]
-        return await handler(request)
-
-    return handle
-
-
 class RouterRunner(web.AppRunner):
-    """An `AppRunner` whose connections answer low-level errors in the envelope, and hand
-    ingest to its route without the app's routing (`_ingest_first`)."""
+    """An `AppRunner` whose connections take ingest below aiohttp's web server
+    (`router.http.fast_ingest`) and answer low-level errors in the envelope."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # The same object, built by aiohttp with all its settings; only how it makes each
-        # connection's handler, and what runs before the app, change.
-        server.__class__ = _EnvelopeServer
-        handler = _ingest_first(self.app, server.request_handler)
-        server.request_handler = _expectation_first(handler)
+        # connection's protocol, and what runs before the app, change.
+        server.__class__ = RouterServer
+        assert isinstance(server, RouterServer)
+        server.fast_connections = set()
+        server.ingest_app = self.app if ingest_route_declared(self.app) else None
+        server.request_handler = _expectation_first(server.request_handler)
         return server
 
 

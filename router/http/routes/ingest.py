@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -27,7 +30,13 @@ from router.core import tracing
 from router.core.records import EventStatus, IncomingEvent
 from router.core.signing import ROUTER_HEADERS, USER_AGENT
 from router.http.context import CATALOG, LEDGER, METRICS, REFUSALS, SETTINGS, VERIFIER
-from router.http.errors import ApiError, bad_request, too_many_requests, validation_failed
+from router.http.errors import (
+    ApiError,
+    bad_request,
+    render_error,
+    too_many_requests,
+    validation_failed,
+)
 from router.http.operations import Resource, read_body
 from router.http.verification import Refusal, timestamp_refusal
 from router.storage.client import UNAVAILABLE, refusing_writes
@@ -121,11 +130,11 @@ def _optional_str(payload: dict[str, Any], field: str, limit: int = 1024) -> str
     return value
 
 
-def _header(request: web.Request, name: str, limit: int) -> str | None:
+def _header(headers: Mapping[str, str], name: str, limit: int) -> str | None:
     """A header this service reads, or 400 naming it: printable ASCII, at most `limit`
-    characters. (aiohttp hands over undecodable bytes as surrogates, which no store or
-    signature check can take.)"""
-    value = request.headers.get(name)
+    characters. (Undecodable bytes arrive as surrogates, which no store or signature check
+    can take.)"""
+    value = headers.get(name)
     if value is None:
         return None
     if len(value) > limit or not value.isascii() or not value.isprintable():
@@ -133,19 +142,19 @@ def _header(request: web.Request, name: str, limit: int) -> str | None:
     return value or None
 
 
-def _router_mark(request: web.Request) -> str | None:
+def _router_mark(headers: Mapping[str, str]) -> str | None:
     """The router header this request carries (as the router spells it), or None."""
-    for name in request.headers:
+    for name in headers:
         if (mark := _LOOP_MARKS.get(name.lower().replace("_", "-"))) is not None:
             return mark
-    if request.headers.get("User-Agent", "").lower().startswith(_ROUTER_AGENT):
+    if headers.get("User-Agent", "").lower().startswith(_ROUTER_AGENT):
         return "User-Agent"
     return None
 
 
-def _check_content_type(request: web.Request) -> None:
+def _check_content_type(headers: Mapping[str, str]) -> None:
     # Parsed by hand: aiohttp's `request.content_type` raises on some malformed headers.
-    ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    ctype = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json")
 
@@ -169,11 +178,36 @@ class _Unauthenticated(ApiError):
         self.reason = refusal.reason
 
 
-@tracing.ingest_span
-async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
-    app = request.app
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """What ingest reads of a request: an aiohttp request's, or one `serve` parsed itself
+    (`router.http.fast_ingest`)."""
+
+    app: web.Application
+    path: str
+    headers: Mapping[str, str]
+    # The body, read only once the headers have been checked (413 and 408 are its to raise).
+    read: Callable[[], Awaitable[bytes]]
+
+
+def _arrival(request: web.Request) -> Arrival:
+    return Arrival(request.app, request.path, request.headers, partial(read_body, request))
+
+
+async def answer(arrival: Arrival) -> web.Response:
+    """`POST /webhooks` for a request `serve` parsed itself: the route's answer, an error in
+    the envelope exactly as `error_middleware` renders it for the route."""
     try:
-        response = await _accept(request, path_event)
+        return await _ingest(arrival, None)
+    except Exception as exc:
+        return render_error(exc, "POST", "/webhooks")
+
+
+@tracing.ingest_span
+async def _ingest(arrival: Arrival, path_event: str | None) -> web.Response:
+    app = arrival.app
+    try:
+        response = await _accept(arrival, path_event)
     except ApiError as exc:
         if exc.status != 429:
             if isinstance(exc, _Unauthenticated):
@@ -187,21 +221,21 @@ async def _ingest(request: web.Request, path_event: str | None) -> web.Response:
     return response
 
 
-async def _accept(request: web.Request, path_event: str | None) -> web.Response:
-    app = request.app
+async def _accept(arrival: Arrival, path_event: str | None) -> web.Response:
+    app, headers = arrival.app, arrival.headers
     settings = app[SETTINGS]
-    if (mark := _router_mark(request)) is not None:
+    if (mark := _router_mark(headers)) is not None:
         raise ApiError(
             410,
             "LOOP_DETECTED",
             f"This request was delivered by a webhook-router ({mark}); routing it "
             "again could loop, so it is refused for good",
         )
-    webhook_header = _header(request, "webhook-id", MAX_WEBHOOK_ID)
-    _check_content_type(request)
-    raw = await read_body(request)
+    webhook_header = _header(headers, "webhook-id", MAX_WEBHOOK_ID)
+    _check_content_type(headers)
+    raw = await arrival.read()
     verifier = app[VERIFIER]
-    if verifier is not None and (refusal := verifier.refusal(raw, request.headers)):
+    if verifier is not None and (refusal := verifier.refusal(raw, headers)):
         raise _Unauthenticated(refusal)
     payload = _parse_body(raw)
     payload_type = payload.get("type")
@@ -286,7 +320,7 @@ _INGEST_ERRORS = (400, 401, 410, 413, 415, 422, 429)
     errors=_INGEST_ERRORS,
 )
 async def ingest(request: web.Request) -> web.Response:
-    return await _ingest(request, None)
+    return await _ingest(_arrival(request), None)
 
 
 @resource.post(
@@ -299,4 +333,4 @@ async def ingest(request: web.Request) -> web.Response:
     errors=_INGEST_ERRORS,
 )
 async def ingest_named(request: web.Request) -> web.Response:
-    return await _ingest(request, request.match_info["event_type"])
+    return await _ingest(_arrival(request), request.match_info["event_type"])
