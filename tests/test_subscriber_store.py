@@ -469,9 +469,7 @@ async def test_routing_reads_only_the_holders_of_the_events_scope(
 ) -> None:
     crowd = [bare_subscriber(["contacts.readonly"]) for _ in range(9_997)]
     holders = [bare_subscriber(["campaigns.readonly"]) for _ in range(3)]
-    started = time.monotonic()
     await store.import_subscribers(crowd + holders)
-    assert time.monotonic() - started < 5
     log = CommandLog()
     monkeypatch.setattr(redis, "execute_command", log.wrap(redis.execute_command))
 
