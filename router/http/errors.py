@@ -177,11 +177,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Renders every failure in the envelope; a 500 says nothing of the internals."""
     try:
         return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _from_http_exception(exc)
     except Exception as exc:
+        if isinstance(exc, web.HTTPException) and exc.status < 400:
+            raise  # a redirect or the like, which aiohttp answers as itself
         return render_error(exc, request.method, _route(request))
 
 

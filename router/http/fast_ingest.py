@@ -21,13 +21,11 @@ and malformed-request envelopes are aiohttp's, through `router.http.server`.
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from email.utils import formatdate
 from typing import Protocol, cast
 
 import httptools
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -35,8 +33,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from router.http.context import SETTINGS
 from router.http.operations import operation_of_handler
 from router.http.routes.ingest import Arrival, answer
-
-log = logging.getLogger("router.server")
 
 INGEST_PATH = "/webhooks"
 # The only request line taken here: the exact path, no query, HTTP/1.1.
@@ -70,12 +66,18 @@ class _Head:
     """llhttp's callbacks for one request head: its headers, and whether it ended where
     the blank line was found."""
 
-    __slots__ = ("complete", "headers", "overran")
+    __slots__ = ("begun", "complete", "headers", "overran")
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
+        self.begun = False
         self.complete = False
         self.overran = False
+
+    def on_message_begin(self) -> None:
+        if self.begun:  # a second request began before the blank line we found
+            self.overran = True
+        self.begun = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -85,9 +87,6 @@ class _Head:
 
     def on_body(self, body: bytes) -> None:
         self.overran = True  # the head ended before the blank line we found
-
-    def on_message_complete(self) -> None:
-        self.overran = self.overran or not self.complete
 
 
 class _Message:
@@ -145,23 +144,6 @@ def parse(buffer: bytes, max_body: int) -> _Message | None:
     return _Message(headers, buffer[head_length:length], parser.should_keep_alive(), length)
 
 
-class _Date:
-    """The `Date` header's value, formatted once a second."""
-
-    def __init__(self) -> None:
-        self.second = 0
-        self.value = ""
-
-    def now(self) -> str:
-        second = int(time.time())
-        if second != self.second:
-            self.second, self.value = second, formatdate(second, usegmt=True)
-        return self.value
-
-
-_DATE = _Date()
-
-
 def render(response: web.Response, keep_alive: bool) -> bytes:
     """`response` (a body already in bytes) as HTTP/1.1, with the headers aiohttp sends."""
     body = response.body
@@ -169,7 +151,7 @@ def render(response: web.Response, keep_alive: bool) -> bytes:
     lines = [f"HTTP/1.1 {response.status} {response.reason}"]
     lines += [f"{name}: {value}" for name, value in response.headers.items()]
     lines.append(f"Content-Length: {len(body)}")
-    lines.append(f"Date: {_DATE.now()}")
+    lines.append(f"Date: {rfc822_formatted_time()}")
     lines.append(f"Server: {SERVER_SOFTWARE}")
     if not keep_alive:
         lines.append("Connection: close")

@@ -200,7 +200,7 @@ async def answer(arrival: Arrival) -> web.Response:
     try:
         return await _ingest(arrival, None)
     except Exception as exc:
-        return render_error(exc, "POST", "/webhooks")
+        return render_error(exc, "POST", arrival.path)
 
 
 @tracing.ingest_span
